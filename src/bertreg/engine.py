@@ -1,0 +1,193 @@
+"""The training loop of one fold, and batched prediction, on one Accelerator.
+
+Shaped after accelerate's cross_validation example: a fresh model, optimizer and scheduler per
+fold, gradient accumulation through `accelerator.accumulate`, predictions gathered with
+`gather_for_metrics` so that under N processes every validation row gets exactly one prediction.
+The inner loop keeps the loss on the device: the host waits for the device only at evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from bertreg import metrics
+from bertreg.config import Config
+from bertreg.data import Collator, LengthGroupedBatchSampler, TokenizedDataset, sorted_batches
+from bertreg.errors import UserError
+from bertreg.model import Regressor, build_model, save_fold_model
+from bertreg.optim import make_optimizer, make_scheduler
+
+# Called after every evaluation with (step, score); the tuner reports to Optuna here and may
+# raise optuna.TrialPruned to stop the fold.
+EvalCallback = Callable[[int, float], None]
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the fold stops and no model of it is saved."""
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    score: float
+    best_step: int
+    val_pred: np.ndarray  # the best evaluation's predictions, in target units, one row per validation row
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # each takes the error in standard deviations of the target
+    "mse": lambda e: e.pow(2).mean(),
+    "rmse": lambda e: e.pow(2).mean(dim=0).add(1e-8).sqrt().mean(),  # MCRMSE itself, per column
+    "smooth_l1": lambda e: torch.nn.functional.smooth_l1_loss(e, torch.zeros_like(e)),
+    "l1": lambda e: e.abs().mean(),
+}
+
+
+def predict(model: torch.nn.Module, dataset: TokenizedDataset, batch_size: int, accelerator: Accelerator,
+            collate: Collator, progress: str | None = None) -> np.ndarray:
+    """Predictions for every row of `dataset` in its own order, in length-sorted batches."""
+    loader = accelerator.prepare_data_loader(
+        DataLoader(dataset, batch_sampler=sorted_batches(dataset.lengths, batch_size), collate_fn=collate))
+    out: np.ndarray | None = None
+    seen = np.zeros(len(dataset), dtype=bool)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=progress, disable=progress is None or not accelerator.is_main_process,
+                          leave=False):
+            pred = model(batch["input_ids"], batch["attention_mask"]).float()
+            pred, idx = accelerator.gather_for_metrics((pred, batch["idx"]))
+            pred, idx = pred.cpu().numpy(), idx.cpu().numpy()
+            if out is None:
+                out = np.empty((len(dataset), pred.shape[1]), dtype=np.float64)
+            out[idx] = pred  # placing by row index restores the input order
+            seen[idx] = True
+    model.train(was_training)
+    if not seen.all():
+        raise RuntimeError(f"{int((~seen).sum())} rows got no prediction")
+    return out
+
+
+def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreTrainedTokenizerBase,
+               train_ds: TokenizedDataset, val_ds: TokenizedDataset, fold_dir: Path, extra: dict[str, Any],
+               on_eval: EvalCallback | None = None) -> FoldResult:
+    """Fine-tune a fresh model on one fold; keep only its best checkpoint (by the validation metric) in fold_dir."""
+    t = cfg.train
+    metric = t.metric or metrics.default_metric(train_ds.targets.shape[1])
+    set_seed(cfg.seed + fold)  # per-fold seed: a fold trains the same alone or after others
+    y = train_ds.targets
+    std = y.std(axis=0) if cfg.data.standardize_targets else np.ones(y.shape[1])
+    model = build_model(
+        cfg.model.name_or_path, y.shape[1], cfg.model.pooling, cfg.model.head_dropout,
+        cfg.model.backbone_dropout, cfg.model.reinit_layers,
+        target_mean=y.mean(axis=0), target_std=np.where(std > 0, std, 1.0),
+        gradient_checkpointing=cfg.model.gradient_checkpointing)
+    optimizer = make_optimizer(model, t.lr, t.head_lr, t.layerwise_lr_decay, t.weight_decay,
+                               fused=accelerator.device.type == "cuda")
+    collate = Collator(tokenizer.pad_token_id, t.pad_to_multiple_of)
+    sampler = LengthGroupedBatchSampler(train_ds.lengths, t.batch_size, seed=cfg.seed + fold,
+                                        group_by_length=t.length_grouping)
+    train_loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers)
+    if t.compile:
+        model = torch.compile(model, dynamic=True)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    # counted in this process's optimizer steps (accelerate shards the batches over the processes);
+    # the scheduler is stepped by hand once per optimizer step, so it is not prepared
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / t.grad_accum))
+    total_steps = steps_per_epoch * t.epochs
+    scheduler = make_scheduler(optimizer, t.scheduler, t.warmup, total_steps)
+    loss_fn = LOSSES[t.loss]
+    eval_bs = t.eval_batch_size or 2 * t.batch_size
+
+    history: list[dict[str, Any]] = []
+    best: float | None = None
+    best_step, best_pred, stale = 0, None, 0
+    running, seen_batches, step = torch.zeros((), device=accelerator.device), 0, 0
+    bar = tqdm(total=total_steps, desc=f"fold {fold}", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    started = time.perf_counter()
+
+    def evaluate(epoch: float) -> bool:
+        """Score the fold's validation rows; returns False when early stopping says stop."""
+        nonlocal best, best_step, best_pred, stale, running, seen_batches
+        train_loss = (running / max(seen_batches, 1)).item()
+        lr = scheduler.get_last_lr()[0]
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"fold {fold}: the training loss became {train_loss} by step {step} "
+                                   f"(lr {lr:.3g}); no model of this fold was saved: lower train.lr")
+        running, seen_batches = torch.zeros((), device=accelerator.device), 0
+        pred = predict(model, val_ds, eval_bs, accelerator, collate)
+        if not np.isfinite(pred).all():
+            raise TrainingDiverged(f"fold {fold}: predictions became NaN or infinite at step {step} "
+                                   f"(lr {lr:.3g}); no model of this fold was saved: lower train.lr")
+        score = metrics.score(metric, val_ds.targets, pred)
+        improved = metrics.is_better(metric, score, best)
+        if improved:
+            best, best_step, best_pred, stale = score, step, pred, 0
+            if accelerator.is_main_process:
+                save_fold_model(accelerator.unwrap_model(model), tokenizer, fold_dir,
+                                {**extra, "fold": fold, "best_step": step, "metric": metric})
+        else:
+            stale += 1
+        history.append({"step": step, "epoch": round(epoch, 4), "train_loss": train_loss,
+                        "val_score": score, "lr": lr})
+        if accelerator.is_main_process:
+            bar.write(f"fold {fold} | step {step:>5}/{total_steps} | epoch {epoch:5.2f} | train_loss {train_loss:.4f} "
+                      f"| val {metric} {score:.4f}{' *' if improved else ''} (best {best:.4f} @ {best_step}) "
+                      f"| {time.perf_counter() - started:.0f}s")
+        if on_eval is not None:
+            on_eval(step, score)
+        return not (t.patience and stale >= t.patience)
+
+    model.train()
+    go_on = True
+    for epoch in range(t.epochs):
+        sampler.set_epoch(epoch)
+        for i, batch in enumerate(train_loader):
+            with accelerator.accumulate(model):
+                pred = model(batch["input_ids"], batch["attention_mask"])
+                loss = loss_fn((pred - batch["labels"]) / model_std(model))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += loss.detach()
+            seen_batches += 1
+            if not accelerator.sync_gradients:
+                continue
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            step += 1
+            bar.update(1)
+            if t.eval_every and step % t.eval_every == 0 and i + 1 < len(train_loader):
+                if not (go_on := evaluate(epoch + (i + 1) / len(train_loader))):
+                    break
+        if not go_on or not evaluate(epoch + 1.0):
+            break
+    bar.close()
+    accelerator.wait_for_everyone()
+    result = FoldResult(fold, float(best), best_step, best_pred, history)
+    # release this fold's model and optimizer before the next fold builds its own
+    del model, optimizer, train_loader
+    accelerator.free_memory()
+    return result
+
+
+def model_std(model: torch.nn.Module) -> torch.Tensor:
+    """The target scale the loss is measured in, through any wrapper (DDP, torch.compile)."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    return inner.target_std

