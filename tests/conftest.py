@@ -83,3 +83,28 @@ def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 
     """Run one of the kit's entry scripts the way a user does, from the repo root."""
     return subprocess.run([sys.executable, str(SRC / script), *args], cwd=cwd or ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small copy of the synthetic demo data (240 train rows, 40 test rows) in a temp folder."""
+    from bertreg.demo import write_demo
+
+    return write_demo(tmp_path_factory.mktemp("demo_data"), n_train=240, n_test=40)
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_data, tmp_path_factory) -> Path:
+    """A finished 2-fold MiniLM run on the small demo data, in fp32 (about half a minute on 2 cores).
+
+    Tests must not modify it: copy it first (shutil.copytree) if they need to.
+    """
+    out = tmp_path_factory.mktemp("runs")
+    res = run_script("train.py", "--config", str(ROOT / "configs" / "demo.yaml"),
+                     f"output_dir={out}", f"data.train_csv={demo_data / 'train.csv'}",
+                     f"data.test_csv={demo_data / 'test.csv'}",
+                     f"data.sample_submission={demo_data / 'sample_submission.csv'}",
+                     "data.n_folds=2", "train.epochs=1", "train.max_len=64", "train.eval_every=5",
+                     "train.mixed_precision=no")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / "demo"
