@@ -83,15 +83,21 @@ CHOICES = {
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
 }
 
-# PyYAML follows YAML 1.1, which reads `2e-5` as a string; this loader reads it as a float.
+# PyYAML follows YAML 1.1, which reads `2e-5` as a string and `no` as False
+# (`mixed_precision: no`); this loader reads them as YAML 1.2 does: a float and a string.
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
+_BOOL = re.compile(r"^(true|True|TRUE|false|False|FALSE)$")
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
 
 
 def parse_value(text: str) -> Any:
