@@ -153,13 +153,24 @@ DEFAULTS_FLAT_SECTIONS = _sections(DEFAULTS)
 KNOWN_KEYS = sorted(k for k, v in DEFAULTS_FLAT_SECTIONS.items() if not isinstance(v, dict))
 
 
+# Names Kagglers bring from Hugging Face TrainingArguments and other kits.
+ALIASES = {
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "n_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
+    "max_length": "train.max_len", "max_seq_length": "train.max_len", "warmup_ratio": "train.warmup",
+    "warmup_steps": "train.warmup", "lr_scheduler_type": "train.scheduler", "llrd": "train.layerwise_lr_decay",
+    "n_splits": "data.n_folds", "num_folds": "data.n_folds", "model_name": "model.name_or_path",
+    "dropout": "model.backbone_dropout", "hidden_dropout_prob": "model.backbone_dropout",
+}
+
+
 def check_key(key: str) -> None:
     """Raise a UserError naming an unknown dotted key and the closest known one."""
     if key in KNOWN_KEYS:
         return
-    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.5)
+    leaf = key.rsplit(".", 1)[-1]
+    close = [ALIASES[leaf]] if leaf in ALIASES else difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.5)
     if not close:  # a right leaf under a wrong section (`trian.lr`) still deserves a hint
-        leaf = key.rsplit(".", 1)[-1]
         close = [k for k in KNOWN_KEYS if k.rsplit(".", 1)[-1] == leaf][:1]
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise UserError(f"unknown config key '{key}'{hint}")
