@@ -24,8 +24,8 @@ from bertreg.engine import EvalCallback, train_fold
 from bertreg.errors import UserError
 from bertreg.model import load_tokenizer, resolve_model_path
 
-# Keys that change what a run computes; the others (which folds, overwrite, workers) may differ on resume.
-_RESUME_FREE = {"train.folds", "train.overwrite", "train.num_workers"}
+# Keys that may differ when a run is resumed: where it lives, which folds, overwrite, workers.
+_RESUME_FREE = {"output_dir", "train.folds", "train.overwrite", "train.num_workers"}
 
 
 def run_dir(cfg: Config) -> Path:
