@@ -78,7 +78,7 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 600,
+def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 900,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """Run one of the kit's entry scripts the way a user does, from the repo root."""
     return subprocess.run([sys.executable, str(SRC / script), *args], cwd=cwd or ROOT, capture_output=True,

@@ -115,7 +115,7 @@ def test_minilm_beats_the_target_spread_on_commonlit(tmp_path):
     df.to_csv(data, index=False)
     res = run_script("train.py", "--config", str(ROOT / "configs" / "demo.yaml"), f"output_dir={tmp_path}",
                      f"data.train_csv={data}", "data.make_demo=false", "data.n_folds=2", "experiment=commonlit",
-                     "train.epochs=3", "train.max_len=128", "train.eval_every=10", "train.batch_size=16")
+                     "train.epochs=2", "train.max_len=128", "train.eval_every=null", "train.batch_size=16")
     assert res.returncode == 0, res.stderr[-3000:]
     cv = yaml.safe_load((tmp_path / "commonlit" / "metrics.json").read_text())["cv"]
     assert cv < df["target"].std(), (cv, df["target"].std())
