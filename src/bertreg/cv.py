@@ -149,6 +149,9 @@ def run(cfg: Config, accelerator: Accelerator | None = None, on_eval: EvalCallba
     metric = t.metric or metrics.default_metric(len(cols))
     accelerator = accelerator or make_accelerator(cfg)
     out = run_dir(cfg)
+    accelerator.print(f"{cfg.experiment}: {len(df)} rows, {d.n_folds} folds, targets {', '.join(cols)} ({metric}) | "
+                      f"{cfg.model.name_or_path} | {accelerator.device.type}, {accelerator.mixed_precision}, "
+                      f"{accelerator.num_processes} process(es)")
     _prepare_dir(cfg, out, accelerator)
     requested = t.folds if t.folds is not None else list(range(d.n_folds))
     if all(fold_complete(out / f"fold_{k}") for k in requested) and (out / "metrics.json").is_file():
