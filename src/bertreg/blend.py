@@ -1,10 +1,11 @@
 """Weights across the runs of an ensemble: equal, given, or fitted on out-of-fold predictions.
 
-`oof` solves non-negative least squares (scipy.optimize.nnls) of the runs' OOF predictions against
-the targets, each target column divided by its standard deviation so that every column weighs
-alike (as in MCRMSE); the weights are then rescaled to sum to 1, so the blend stays a weighted
-average of the runs. The runs must share their folds: otherwise a run's OOF prediction of a row
-may come from a model that saw the row in another run's fold layout, and the fit would be biased.
+`oof` finds the non-negative weights summing to 1 whose blend of the runs' OOF predictions has the
+least squared error (scipy.optimize.nnls, the sum held to 1 by a heavily weighted extra row), each
+target column divided by its standard deviation so that every column weighs alike, as in MCRMSE.
+On the OOF rows that scaled squared error of the blend is thus never above the best single run's,
+nor above equal weights'. The runs must share their folds (one folds.csv): then each row's OOF
+predictions all come from models trained without that row's fold, and the runs' CVs compare fairly.
 """
 
 from __future__ import annotations
@@ -82,13 +83,14 @@ def shared_oof(runs: list[Run]) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def nnls_weights(y: np.ndarray, preds: list[np.ndarray]) -> np.ndarray:
-    """Non-negative weights minimising the column-scaled squared error of the blend, summing to 1."""
+    """Non-negative weights summing to 1 that minimise the column-scaled squared error of the blend."""
     scale = y.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     design = np.stack([(p / scale).ravel() for p in preds], axis=1)
-    weights, _ = nnls(design, (y / scale).ravel())
-    if weights.sum() <= 0:
-        raise UserError("non-negative least squares gave every run weight 0: give --weights equal or explicit weights")
+    target = (y / scale).ravel()
+    # a row of ones weighted far above the data: the fit can move off sum(w) = 1 by about 1e-4 only
+    penalty = 100.0 * np.sqrt(len(target)) * max(np.abs(design).max(), 1.0)
+    weights, _ = nnls(np.vstack([design, np.full(len(preds), penalty)]), np.append(target, penalty))
     return weights / weights.sum()
 
 
