@@ -47,7 +47,7 @@ def test_half_export_is_a_complete_dataset_whose_models_predict_as_trained(demo_
     batch = data.Collator(tokenizer.pad_token_id)([{"input_ids": x, "idx": i} for i, x in enumerate(ids)])
     with torch.inference_mode():
         pred = half(batch["input_ids"], batch["attention_mask"]).numpy()[:, 0]
-    np.testing.assert_allclose(pred, oof["pred"], atol=0.05)
+    np.testing.assert_allclose(pred, oof["pred"], atol=5e-3)  # fp16 rounding alone moves them ~5e-4
 
 
 def test_export_replaces_only_when_asked_and_refuses_bad_names(demo_run, tmp_path, monkeypatch):

@@ -64,13 +64,10 @@ def load_sample(path: str | Path, test_ids: pd.Series, id_col: str, target_cols:
 
 
 def predict_fold(fold_dir: Path, test: pd.DataFrame, batch_size: int, pad_multiple: int,
-                 accelerator: Accelerator, label: str) -> np.ndarray:
-    """One fold model's predictions for every test row, in the test's order."""
+                 accelerator: Accelerator, label: str) -> tuple[np.ndarray, int]:
+    """One fold model's predictions for every test row, in the test's order; and how many texts were cut."""
     model, tokenizer, settings = load_fold_model(fold_dir)
     ids, n_cut = data.tokenize(tokenizer, test[settings["text_col"]].tolist(), settings["max_len"])
-    if n_cut:
-        accelerator.print(f"{label}: {n_cut} of {len(ids)} test texts are longer than max_len={settings['max_len']} "
-                          f"tokens and were truncated, as in training")
     # prepare_model places the model and, under mixed precision, wraps its forward in autocast
     model = accelerator.prepare_model(model, evaluation_mode=True)
     pred = engine.predict(model, data.TokenizedDataset(ids), batch_size, accelerator,
@@ -80,7 +77,7 @@ def predict_fold(fold_dir: Path, test: pd.DataFrame, batch_size: int, pad_multip
     if bad.any():
         raise UserError(f"{fold_dir} predicted NaN or inf for {int(bad.sum())} test rows "
                         f"(ids {data._few(test.loc[bad, settings['id_col']].tolist())}); no submission written")
-    return pred
+    return pred, n_cut
 
 
 def build_submission(test: pd.DataFrame, pred: np.ndarray, id_col: str, target_cols: list[str],
@@ -135,9 +132,13 @@ def make_submission(runs: Sequence[str | Path], test: str | Path | None = None, 
         size = batch_size or t.eval_batch_size or 2 * t.batch_size
         fold_preds = []
         for k in run.folds:
-            pred = predict_fold(run.fold_dir(k), test_df, size, t.pad_to_multiple_of, accelerator, f"{run.name} fold {k}")
+            pred, n_cut = predict_fold(run.fold_dir(k), test_df, size, t.pad_to_multiple_of, accelerator,
+                                       f"{run.name} fold {k}")
             parts[[f"{run.name}/fold_{k}/{c}" for c in cols]] = pred
             fold_preds.append(pred)
+        if n_cut:
+            accelerator.print(f"{run.name}: {n_cut} of {len(test_df)} test texts are longer than train.max_len="
+                              f"{t.max_len} tokens and were truncated, as in training")
         run_preds.append(np.mean(fold_preds, axis=0))
         parts[[f"{run.name}/{c}" for c in cols]] = run_preds[-1]
     sub = build_submission(test_df, blend.combine(run_preds, mix.weights), id_col, cols, sample_df)
