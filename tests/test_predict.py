@@ -108,6 +108,15 @@ def test_oof_weights_favour_the_better_of_two_runs():
     assert score(blend.combine([good, bad], w)) < score(good) < score(bad)
 
 
+def test_submission_takes_the_sample_columns_and_row_order_with_several_targets():
+    test = pd.DataFrame({"id": ["a", "b", "c"], "excerpt": ["x", "y", "z"]})
+    sample = pd.DataFrame({"content": 0.0, "id": ["c", "a", "b"], "wording": 0.0})
+    pred = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])  # test order; columns as the runs' target_cols
+    sub = inference.build_submission(test, pred, "id", ["wording", "content"], sample)
+    assert list(sub.columns) == ["content", "id", "wording"] and sub["id"].tolist() == ["c", "a", "b"]
+    assert sub["wording"].tolist() == [3.0, 1.0, 2.0] and sub["content"].tolist() == [30.0, 10.0, 20.0]
+
+
 def test_submission_is_never_written_with_nan():
     test = pd.DataFrame({"id": ["a", "b"], "excerpt": ["x", "y"]})
     with pytest.raises(UserError, match="NaN or infinite"):
@@ -156,6 +165,9 @@ def bad_case(name: str, demo_run: Path, demo_data: Path, tmp: Path) -> dict:
     if name == "empty test file":
         (tmp / "t.csv").write_text("")
         return {"test": tmp / "t.csv"}
+    if name == "test with a header only":
+        (tmp / "t.csv").write_text("id,excerpt\n")
+        return {"test": tmp / "t.csv"}
     if name == "sample ids differ":
         changed = sample.copy()
         changed.loc[0, "id"] = "not-a-test-id"
@@ -180,6 +192,7 @@ BAD_INPUTS = {
     "test without text column": r"test CSV has no column excerpt",
     "duplicate test ids": r"test CSV has duplicate ids in column 'id': demo02_00000, demo02_00001",
     "empty test file": r"test CSV is empty: .*t\.csv",
+    "test with a header only": r"test CSV has no rows: .*t\.csv",
     "sample ids differ": r"sample submission .*s\.csv ids differ from the test CSV's: 1 test ids are not in it "
                          r"\(demo02_00000\), 1 of its ids are not in the test \(not-a-test-id\)",
     "fold not trained": r"fold 5 is not a complete fold of .* \(its complete folds: 0, 1\)",
