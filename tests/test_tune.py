@@ -92,7 +92,7 @@ def test_a_near_zero_learning_rate_is_pruned(tune_yaml, quiet_optuna):
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tune_yaml, monkeypatch, quiet_optuna):
-    cfg = config.load(tune_yaml(n_trials=3))
+    cfg = config.load(tune_yaml(n_trials=2))
     real_run = cv.run
     before = live_models()  # other tests' fixtures may hold models
     models_at_start = []
@@ -106,11 +106,11 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tune_yaml, monkeypatc
 
     monkeypatch.setattr(cv, "run", run)
     study = tuning.run(cfg)
-    assert [t.state for t in study.trials] == [STATES.FAIL, STATES.COMPLETE, STATES.COMPLETE]
+    assert [t.state for t in study.trials] == [STATES.FAIL, STATES.COMPLETE]
     assert study.trials[0].user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
-    assert models_at_start == [before] * 3 and live_models() == before  # each trial's model was freed
+    assert models_at_start == [before] * 2 and live_models() == before  # each trial's model was freed
     table = pd.read_csv(tuning.study_dir(cfg) / "trials.csv")
-    assert table["user_attrs_fail_reason"].notna().tolist() == [True, False, False]
+    assert table["user_attrs_fail_reason"].notna().tolist() == [True, False]
     assert (tuning.study_dir(cfg) / "best.yaml").is_file()
 
 
