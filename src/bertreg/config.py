@@ -73,7 +73,29 @@ DEFAULTS: dict[str, Any] = {
         "pad_to_multiple_of": 8,  # tensor-core friendly shapes
         "num_workers": 0,  # DataLoader workers; collation is cheap, tokenization happens once
     },
+    "tune": {  # src/tune.py: an Optuna search over any of the keys above
+        "study": None,  # study name, and its folder {output_dir}/{study}/; null = "{experiment}_tune"
+        # null = a SQLite file in the study folder; postgresql://user:pass@host/db (or mysql://...)
+        # lets workers on several machines share the study; journal:PATH is Optuna's journal file
+        "storage": None,
+        "n_trials": 20,  # trials this command adds to the study (--n-trials); 0 = only write the outputs
+        "timeout": None,  # seconds after which no new trial starts (--timeout); null = none
+        "folds": [0],  # folds each trial trains; the objective is the mean of their best scores
+        # dotted config key -> {type: float|int, low, high, log, step} or {type: categorical, choices}
+        "space": {
+            "train.lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True},
+            "model.head_dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        },
+        "pruner": "median",  # median | hyperband | none
+        "startup_trials": 3,  # median pruner: trials that run to the end before any is pruned
+        "warmup_evals": 2,  # evaluations of a trial before it may be pruned
+        "sampler_seed": None,  # TPE sampler's seed; null = seed. Give each parallel worker its own.
+        "keep_models": False,  # keep each trial's fold models (disk!); best.yaml retrains anyway
+    },
 }
+
+# Keys whose value is a mapping of the user's own keys: one value, not a section of known keys.
+FREE_FORM = {"tune.space"}
 
 CHOICES = {
     "model.pooling": ("mean", "cls", "attention"),
@@ -81,6 +103,7 @@ CHOICES = {
     "train.loss": ("mse", "rmse", "smooth_l1", "l1"),
     "train.metric": (None, "rmse", "mcrmse", "pearson"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "tune.pruner": ("median", "hyperband", "none"),
 }
 
 # PyYAML follows YAML 1.1, which reads `2e-5` as a string and `no` as False
@@ -133,7 +156,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(DEFAULTS_FLAT_SECTIONS.get(dotted), dict):
+        if isinstance(value, dict) and dotted not in FREE_FORM and isinstance(DEFAULTS_FLAT_SECTIONS.get(dotted), dict):
             out.update(flatten(value, dotted + "."))
         else:
             out[dotted] = value
@@ -144,13 +167,13 @@ def _sections(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         out[prefix + key] = value
-        if isinstance(value, dict):
+        if isinstance(value, dict) and prefix + key not in FREE_FORM:
             out.update(_sections(value, prefix + key + "."))
     return out
 
 
 DEFAULTS_FLAT_SECTIONS = _sections(DEFAULTS)
-KNOWN_KEYS = sorted(k for k, v in DEFAULTS_FLAT_SECTIONS.items() if not isinstance(v, dict))
+KNOWN_KEYS = sorted(k for k, v in DEFAULTS_FLAT_SECTIONS.items() if k in FREE_FORM or not isinstance(v, dict))
 
 
 # Names Kagglers bring from Hugging Face TrainingArguments and other kits.
@@ -288,21 +311,38 @@ def validate(cfg: Config) -> None:
         raise UserError(f"config key 'data.target_cols' must be a column name or a list of them, got {cfg.data.target_cols!r}")
     if len(set(targets)) != len(targets):
         raise UserError(f"config key 'data.target_cols' lists a column twice: {targets}")
-    folds = cfg.train.folds
-    if folds is not None:
-        if isinstance(folds, int) and not isinstance(folds, bool):
-            folds = [folds]
-        if not isinstance(folds, list) or not folds or not all(isinstance(f, int) and not isinstance(f, bool) for f in folds):
-            raise UserError(f"config key 'train.folds' must be a list of fold numbers, got {cfg.train.folds!r}")
-        bad = [f for f in folds if not 0 <= f < cfg.data.n_folds]
-        if bad:
-            raise UserError(f"config key 'train.folds' names folds {bad} outside 0..{cfg.data.n_folds - 1}")
-        cfg.train["folds"] = sorted(set(folds))
+    _folds(cfg, "train.folds")
+    _folds(cfg, "tune.folds", optional=False)
+    study = cfg.tune.study
+    if study is not None and not (isinstance(study, str) and re.fullmatch(r"[\w.\-]+", study)):
+        raise UserError(f"config key 'tune.study' must be a name of letters, digits, '.', '-', '_', got {study!r}")
+    _number(cfg, "tune.n_trials", low=0, integer=True)
+    _number(cfg, "tune.timeout", low=0, low_open=True, optional=True)
+    _number(cfg, "tune.startup_trials", low=0, integer=True)
+    _number(cfg, "tune.warmup_evals", low=0, integer=True)
+    _number(cfg, "tune.sampler_seed", integer=True, optional=True)
+    if not isinstance(cfg.tune.space, dict) or not cfg.tune.space:
+        raise UserError(f"config key 'tune.space' must map config keys to search ranges, got {cfg.tune.space!r}")
     if not cfg.model.name_or_path:
         raise UserError("config key 'model.name_or_path' is not set: give a local model folder")
     if not cfg.data.train_csv:
         raise UserError("config key 'data.train_csv' is not set")
     cfg.data["target_cols"] = targets
+
+
+def _folds(cfg: Config, key: str, optional: bool = True) -> None:
+    """A list of fold numbers (a single number is accepted), sorted, each inside 0..n_folds-1."""
+    folds = original = get_dotted(cfg, key)
+    if folds is None and optional:
+        return
+    if isinstance(folds, int) and not isinstance(folds, bool):
+        folds = [folds]
+    if not isinstance(folds, list) or not folds or not all(isinstance(f, int) and not isinstance(f, bool) for f in folds):
+        raise UserError(f"config key '{key}' must be a list of fold numbers, got {original!r}")
+    bad = [f for f in folds if not 0 <= f < cfg.data.n_folds]
+    if bad:
+        raise UserError(f"config key '{key}' names folds {bad} outside 0..{cfg.data.n_folds - 1}")
+    set_dotted(cfg, key, sorted(set(folds)))
 
 
 def target_cols(cfg: Config) -> list[str]:
