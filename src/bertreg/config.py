@@ -169,7 +169,7 @@ def check_key(key: str) -> None:
         leaf = key.rsplit(".", 1)[-1]
         close = [k for k in KNOWN_KEYS if k.rsplit(".", 1)[-1] == leaf][:1]
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise UserError(f"unknown config key '{key}'{hint}")
+    raise UserError(f"unknown config key {key!r}{hint}")
 
 
 def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
@@ -195,7 +195,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"override '{item}' is not of the form section.key=value")
+            raise UserError(f"override {item!r} is not of the form section.key=value")
         check_key(key.strip())
         out[key.strip()] = parse_value(value.strip())
     return out
