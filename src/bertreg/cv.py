@@ -30,7 +30,7 @@ from bertreg.model import load_tokenizer, resolve_model_path
 from bertreg.stopping import StopRequests
 
 # Keys that change what a run computes; the others (which folds, overwrite, workers) may differ on resume.
-_RESUME_FREE = {"train.folds", "train.overwrite", "train.num_workers", "train.checkpoint_every",
+_RESUME_FREE = {"output_dir", "train.folds", "train.overwrite", "train.num_workers", "train.checkpoint_every",
                 "train.keep_checkpoints", "train.time_limit"}
 
 
