@@ -108,3 +108,23 @@ def demo_run(demo_data, tmp_path_factory) -> Path:
                      "train.mixed_precision=no")
     assert res.returncode == 0, res.stderr[-3000:]
     return out / "demo"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_process_launch(script: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a 2-process CPU run of an entry script under accelerate.
+
+    `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.16 (--cpu takes
+    the simple launcher); `--multi_gpu` with ACCELERATE_USE_CPU starts two CPU processes (gloo).
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(SRC / script), *args]
+    return cmd, {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}

@@ -3,16 +3,14 @@
 import hashlib
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 
 from bertreg import config, dropout, metrics
 from bertreg.model import load_fold_model
-from conftest import ROOT, SRC, run_script, shared_data
+from conftest import ROOT, run_script, shared_data, two_process_launch
 
 
 def digest(path):
@@ -81,11 +79,10 @@ def tiny_args(tiny_bert, data, out, *extra):
 def test_two_processes_predict_every_row_exactly_once(tiny_bert, demo_data, tmp_path):
     data = tmp_path / "train.csv"
     pd.read_csv(demo_data / "train.csv").head(121).to_csv(data, index=False)  # odd: uneven shards
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(SRC / "train.py"), *tiny_args(tiny_bert, data, tmp_path / "runs")]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cmd, env = two_process_launch("train.py", *tiny_args(tiny_bert, data, tmp_path / "runs"))
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 process(es)" in res.stdout
     oof = pd.read_csv(tmp_path / "runs" / "demo" / "oof.csv")
     assert oof["id"].is_unique and sorted(oof["id"]) == sorted(pd.read_csv(data)["id"])
     assert np.isfinite(oof["pred"]).all()

@@ -72,6 +72,13 @@ DEFAULTS: dict[str, Any] = {
         "length_grouping": True,  # batch texts of similar length together: little padding
         "pad_to_multiple_of": 8,  # tensor-core friendly shapes
         "num_workers": 0,  # DataLoader workers; collation is cheap, tokenization happens once
+        # Save the fold's full state (model, optimizer, scheduler, RNG, position) every N optimizer
+        # steps, so a killed run resumes mid-fold; null = only when stopped by a signal or time limit.
+        "checkpoint_every": None,
+        "keep_checkpoints": 1,  # newest checkpoints kept per fold (1 or 2); all go once the fold ends
+        # Seconds this run may take (e.g. a little under Kaggle's session limit): it stops cleanly
+        # before, saving its state, and the same command resumes it. null = no limit.
+        "time_limit": None,
     },
     "tune": {  # src/tune.py: an Optuna search over any of the keys above
         "study": None,  # study name, and its folder {output_dir}/{study}/; null = "{experiment}_tune"
@@ -196,7 +203,7 @@ def check_key(key: str) -> None:
     if not close:  # a right leaf under a wrong section (`trian.lr`) still deserves a hint
         close = [k for k in KNOWN_KEYS if k.rsplit(".", 1)[-1] == leaf][:1]
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise UserError(f"unknown config key '{key}'{hint}")
+    raise UserError(f"unknown config key {key!r}{hint}")
 
 
 def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
@@ -222,7 +229,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"override '{item}' is not of the form section.key=value")
+            raise UserError(f"override {item!r} is not of the form section.key=value")
         check_key(key.strip())
         out[key.strip()] = parse_value(value.strip())
     return out
@@ -304,6 +311,9 @@ def validate(cfg: Config) -> None:
     _number(cfg, "train.patience", low=1, integer=True, optional=True)
     _number(cfg, "train.pad_to_multiple_of", low=1, integer=True)
     _number(cfg, "train.num_workers", low=0, integer=True)
+    _number(cfg, "train.checkpoint_every", low=1, integer=True, optional=True)
+    _number(cfg, "train.keep_checkpoints", low=1, high=2, integer=True)
+    _number(cfg, "train.time_limit", low=0, low_open=True, optional=True)
     targets = cfg.data.target_cols
     if isinstance(targets, str):
         targets = [targets]

@@ -2,7 +2,9 @@
 
 config.yaml, folds.csv, fold_<k>/ (model, history.csv, oof.csv, metrics.json last), oof.csv,
 metrics.json and curves.png. A fold is complete when its metrics.json exists; running the same
-command again keeps complete folds and redoes an incomplete one from its start.
+command again keeps complete folds, resumes an interrupted one from its latest checkpoint
+(fold_<k>/checkpoints/, see checkpoint.py) and redoes one without a checkpoint from its start.
+The main process holds {experiment}/.lock meanwhile, so a second run on the folder stops at once.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from transformers import PreTrainedTokenizerBase
 
 from bertreg import config as config_mod
-from bertreg import data, demo, files, folds, metrics, plots
+from bertreg import checkpoint, data, demo, files, folds, lock, metrics, plots
 from bertreg.config import Config
 from bertreg.engine import EvalCallback, train_fold
 from bertreg.errors import UserError
 from bertreg.model import load_tokenizer, resolve_model_path
+from bertreg.stopping import StopRequests
 
-# Keys that may differ when a run is resumed: where it lives, which folds, overwrite, workers.
-_RESUME_FREE = {"output_dir", "train.folds", "train.overwrite", "train.num_workers"}
+# Keys that may differ when a run is resumed: where it lives, which folds, overwrite, workers, checkpointing.
+_RESUME_FREE = {"output_dir", "train.folds", "train.overwrite", "train.num_workers", "train.checkpoint_every",
+                "train.keep_checkpoints", "train.time_limit"}
 
 
 def run_dir(cfg: Config) -> Path:
@@ -60,8 +66,10 @@ def mixed_precision(setting: str) -> str | None:
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
+    # BERT's and RoBERTa's pooler feeds nothing here, so under DDP its weights never get a gradient
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     return Accelerator(mixed_precision=mixed_precision(cfg.train.mixed_precision),
-                       gradient_accumulation_steps=cfg.train.grad_accum)
+                       gradient_accumulation_steps=cfg.train.grad_accum, kwargs_handlers=[ddp])
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -75,7 +83,11 @@ def _prepare_dir(cfg: Config, out: Path, accelerator: Accelerator) -> None:
     saved = out / "config.yaml"
     if cfg.train.overwrite:
         if accelerator.is_main_process and out.exists():
-            shutil.rmtree(out)
+            for child in out.iterdir():  # all but the lock this run holds
+                if child.is_dir():
+                    shutil.rmtree(child)
+                elif child.name != lock.LOCK_FILE:
+                    child.unlink()
     elif saved.is_file():
         diff = _config_diff(config_mod.read_yaml(saved), cfg.to_dict())
         if diff:
@@ -152,6 +164,15 @@ def run(cfg: Config, accelerator: Accelerator | None = None, on_eval: EvalCallba
     accelerator.print(f"{cfg.experiment}: {len(df)} rows, {d.n_folds} folds, targets {', '.join(cols)} ({metric}) | "
                       f"{cfg.model.name_or_path} | {accelerator.device.type}, {accelerator.mixed_precision}, "
                       f"{accelerator.num_processes} process(es)")
+    with lock.experiment_lock(out, accelerator), StopRequests(t.time_limit, accelerator) as stop:
+        return _train_folds(cfg, df, tokenizer, metric, accelerator, out, on_eval, stop)
+
+
+def _train_folds(cfg: Config, df: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, metric: str,
+                 accelerator: Accelerator, out: Path, on_eval: EvalCallback | None,
+                 stop: StopRequests) -> dict[str, Any]:
+    d, t = cfg.data, cfg.train
+    cols = config_mod.target_cols(cfg)
     _prepare_dir(cfg, out, accelerator)
     requested = t.folds if t.folds is not None else list(range(d.n_folds))
     if all(fold_complete(out / f"fold_{k}") for k in requested) and (out / "metrics.json").is_file():
@@ -173,18 +194,21 @@ def run(cfg: Config, accelerator: Accelerator | None = None, on_eval: EvalCallba
     for k in requested:
         fold_dir = out / f"fold_{k}"
         if fold_complete(fold_dir):
+            if accelerator.is_main_process:
+                checkpoint.drop(fold_dir)  # left if a kill came between completing the fold and cleaning up
             accelerator.print(f"fold {k} is complete: kept")
             continue
-        if accelerator.is_main_process and fold_dir.exists():
-            shutil.rmtree(fold_dir)  # an interrupted fold restarts from scratch
+        if accelerator.is_main_process and fold_dir.exists() and checkpoint.latest(fold_dir) is None:
+            shutil.rmtree(fold_dir)  # an interrupted fold without a checkpoint restarts from scratch
         accelerator.wait_for_everyone()
         tr, va = np.flatnonzero(assignment != k), np.flatnonzero(assignment == k)
         result = train_fold(cfg, accelerator, k, tokenizer,
                             data.TokenizedDataset([input_ids[i] for i in tr], y[tr]),
                             data.TokenizedDataset([input_ids[i] for i in va], y[va]),
-                            fold_dir, extra, on_eval)
+                            fold_dir, extra, on_eval, stop)
         if accelerator.is_main_process:
             _save_fold(fold_dir, result, df[d.id_col].iloc[va], y[va], cfg)
+            checkpoint.drop(fold_dir)
         accelerator.wait_for_everyone()
     summary = summarize(cfg, out, metric) if accelerator.is_main_process else {}
     accelerator.wait_for_everyone()

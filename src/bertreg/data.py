@@ -21,7 +21,8 @@ from bertreg.errors import UserError
 
 
 def _few(values: Sequence, n: int = 5) -> str:
-    shown = ", ".join(repr(v) if not isinstance(v, str) else v for v in list(values)[:n])
+    # strings as they are, unless a newline or the like would break the one-line message
+    shown = ", ".join(v if isinstance(v, str) and v.isprintable() else repr(v) for v in list(values)[:n])
     return shown + (f" and {len(values) - n} more" if len(values) > n else "")
 
 
@@ -49,13 +50,16 @@ def read_csv(path: str | Path | None, what: str, id_col: str | None = None) -> p
     if len(df) == 0:
         raise UserError(f"{what} has no rows: {path}")
     df.columns = [str(c).strip() for c in df.columns]
+    twice = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if twice:  # " id " and "id" are one column once stripped
+        raise UserError(f"{what} has the column {_few(twice)} twice: {path}")
     return df
 
 
 def require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise UserError(f"{what} has no column {_few(missing)}; columns present: {', '.join(map(str, df.columns))}")
+        raise UserError(f"{what} has no column {_few(missing)}; columns present: {_few(list(df.columns), 20)}")
 
 
 def check_ids(df: pd.DataFrame, id_col: str, what: str) -> None:

@@ -22,12 +22,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from bertreg import metrics
+from bertreg import checkpoint, metrics
 from bertreg.config import Config
 from bertreg.data import Collator, LengthGroupedBatchSampler, TokenizedDataset, sorted_batches
 from bertreg.errors import UserError
-from bertreg.model import Regressor, build_model, save_fold_model
+from bertreg.model import build_model, save_fold_model
 from bertreg.optim import make_optimizer, make_scheduler
+from bertreg.stopping import StopRequests, interrupted
 
 # Called after every evaluation with (step, score); the tuner reports to Optuna here and may
 # raise optuna.TrialPruned to stop the fold.
@@ -83,8 +84,12 @@ def predict(model: torch.nn.Module, dataset: TokenizedDataset, batch_size: int, 
 
 def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreTrainedTokenizerBase,
                train_ds: TokenizedDataset, val_ds: TokenizedDataset, fold_dir: Path, extra: dict[str, Any],
-               on_eval: EvalCallback | None = None) -> FoldResult:
-    """Fine-tune a fresh model on one fold; keep only its best checkpoint (by the validation metric) in fold_dir."""
+               on_eval: EvalCallback | None = None, stop: StopRequests | None = None) -> FoldResult:
+    """Fine-tune a fresh model on one fold; keep only its best checkpoint (by the validation metric) in fold_dir.
+
+    Resumes from the fold's latest mid-fold checkpoint when there is one; with train.checkpoint_every
+    saves one every so many steps, and on a stop request saves one and raises Interrupted.
+    """
     t = cfg.train
     metric = t.metric or metrics.default_metric(train_ds.targets.shape[1])
     set_seed(cfg.seed + fold)  # per-fold seed: a fold trains the same alone or after others
@@ -116,7 +121,18 @@ def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreT
     best: float | None = None
     best_step, best_pred, stale = 0, None, 0
     running, seen_batches, step = torch.zeros((), device=accelerator.device), 0, 0
-    bar = tqdm(total=total_steps, desc=f"fold {fold}", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    start_epoch, start_batch = 0, 0
+    resume_from = checkpoint.latest(fold_dir)
+    if resume_from is not None:
+        state = checkpoint.load(accelerator, resume_from, scheduler, fold_dir)
+        step, start_epoch, start_batch, stale = state["step"], state["epoch"], state["batches_done"], state["stale"]
+        history, best, best_step = state["history"], state["best"], state["best_step"]
+        best_pred = None if state["best_pred"] is None else np.asarray(state["best_pred"], dtype=np.float64)
+        running = torch.tensor(state["running_loss"], device=accelerator.device)
+        seen_batches = state["seen_batches"]
+        accelerator.print(f"fold {fold}: resuming from {resume_from} (step {step}/{total_steps})")
+    bar = tqdm(total=total_steps, initial=step, desc=f"fold {fold}", disable=not accelerator.is_main_process,
+               dynamic_ncols=True)
     started = time.perf_counter()
 
     def evaluate(epoch: float) -> bool:
@@ -151,11 +167,30 @@ def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreT
             on_eval(step, score)
         return not (t.patience and stale >= t.patience)
 
+    def save_checkpoint(epoch: int, batches_done: int) -> Path:
+        """The whole state after this step, once it is known to be finite: no NaN model is ever saved."""
+        loss = accelerator.reduce(running.detach().clone(), "sum").item()
+        finite = math.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())
+        if not finite:
+            raise TrainingDiverged(f"fold {fold}: the training loss or the weights became NaN or infinite by "
+                                   f"step {step} (lr {scheduler.get_last_lr()[0]:.3g}); this state was not saved: "
+                                   f"lower train.lr")
+        state = {"step": step, "epoch": epoch, "batches_done": batches_done, "stale": stale, "history": history,
+                 "best": best, "best_step": best_step, "best_pred": None if best_pred is None else best_pred.tolist(),
+                 "running_loss": running.item(), "seen_batches": seen_batches}
+        return checkpoint.save(accelerator, fold_dir, step, state, scheduler, t.keep_checkpoints)
+
     model.train()
     go_on = True
-    for epoch in range(t.epochs):
+    if stop is not None:
+        stop.restart_clock()
+    for epoch in range(start_epoch, t.epochs):
+        # accelerate re-seeds the sampler from its own epoch count in one process: keep both in step
+        train_loader.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        for i, batch in enumerate(train_loader):
+        skip = start_batch if epoch == start_epoch else 0
+        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        for i, batch in enumerate(batches, start=skip):
             with accelerator.accumulate(model):
                 pred = model(batch["input_ids"], batch["attention_mask"])
                 loss = loss_fn((pred - batch["labels"]) / model_std(model))
@@ -175,6 +210,13 @@ def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreT
             if t.eval_every and step % t.eval_every == 0 and i + 1 < len(train_loader):
                 if not (go_on := evaluate(epoch + (i + 1) / len(train_loader))):
                     break
+            reason = stop.poll() if stop is not None else None
+            if reason or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                saved = save_checkpoint(epoch, i + 1)
+                if reason:
+                    bar.close()
+                    raise interrupted(reason, f"fold {fold} stopped at step {step}/{total_steps}, its state saved "
+                                              f"in {saved}; run the same command again to resume")
         if not go_on or not evaluate(epoch + 1.0):
             break
     bar.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +179,14 @@ def reinit_top_layers(backbone: nn.Module, n: int) -> None:
 
 def save_fold_model(model: Regressor, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
                     extra: dict[str, Any]) -> None:
-    """Write a loadable fold folder. The weights go last and atomically, so a crash never leaves a torn file."""
+    """Write a loadable fold folder, every file atomically (the weights last), so a crash never leaves a torn file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.backbone.config.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".save.") as tmp:
+        model.backbone.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for f in Path(tmp).iterdir():
+            os.replace(f, out_dir / f.name)
     files.write_json(out_dir / HEAD_FILE, {**model.head_settings(), **extra})
     with files.atomic_path(out_dir / "model.safetensors") as tmp:
         save_model(model, str(tmp))
