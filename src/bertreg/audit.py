@@ -292,7 +292,11 @@ def load_subject(spec: str, fold: int | None = None) -> Subject:
 
 def audit(subject: Subject, texts: Sequence[str], p: float, mc: int, max_len: int, batch_size: int = 8,
           seed: int = 0, target_std: np.ndarray | None = None, progress: bool = True) -> dict[str, Any]:
-    """Every dropout site of `subject` at probability p: the formula's check, the variance ratio, the shifts."""
+    """Every dropout site of `subject` at probability p: the formula's check, the variance ratio, the shifts.
+
+    The model is changed in place: every dropout set to p, attention switched to `observable_attention`
+    (same eval output, tested); load a fresh one to use it for anything else.
+    """
     if mc < 2:
         raise UserError(f"--mc must be at least 2 train-mode passes, got {mc}")
     torch.manual_seed(seed)
