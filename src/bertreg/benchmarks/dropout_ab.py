@@ -111,7 +111,8 @@ def main() -> None:
     out = Path(base.output_dir)
     png = out / f"{base.experiment}.png"
     on, off = arms
-    plot_arms(arms, png, f"fold {fold} of {base.data.n_folds}, {Path(str(base.model.name_or_path)).name}: "
+    rows = f", {args.rows} rows" if args.rows else ""
+    plot_arms(arms, png, f"fold {fold} of {base.data.n_folds}{rows}, {Path(str(base.model.name_or_path)).name}: "
                          f"backbone dropout {args.p:g} vs 0")
     summary = {"fold": fold, "model": base.model.name_or_path, "rows": args.rows or None,
                "config": base.to_dict(), "arms": arms,
