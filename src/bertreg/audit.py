@@ -436,22 +436,31 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def plot_audit(report: dict[str, Any], path: str | Path) -> None:
-    """Left: train/eval variance ratio per site, in execution order. Right: histogram of the per-text output shift."""
+    """Per site in execution order: the train/eval variance ratio, and the shift of the next non-linear
+    layer's output; then a histogram of the per-text output shift."""
     plt = plots._pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1.4, 1.4, 1]})
     sites = [s for s in report["sites"] if s["var_ratio"] is not None]
     colors = {"attention": "tab:orange", "hidden": "tab:blue", "embeddings": "tab:green", "head": "tab:red"}
-    left.bar(range(len(sites)), [s["var_ratio"] for s in sites], color=[colors[s["kind"]] for s in sites])
+    x, names = range(len(sites)), [_short(s["name"]) for s in sites]
+    site_colors = [colors[s["kind"]] for s in sites]
+    left.bar(x, [s["var_ratio"] for s in sites], color=site_colors)
     left.axhline(1 / (1 - report["p"]), color="gray", ls="--", lw=1, label=f"1/(1-p) = {1 / (1 - report['p']):.3f}")
     left.axhline(1, color="black", lw=0.8)
-    left.set_xticks(range(len(sites)), [_short(s["name"]) for s in sites], rotation=90, fontsize=6)
+    ratios = [s["var_ratio"] for s in sites]
+    if max(ratios) / max(min(ratios), 1e-12) > 10:
+        left.set_yscale("log")  # near-uniform attention probabilities (tiny variance) gain orders of magnitude
     for kind, color in colors.items():
         if any(s["kind"] == kind for s in sites):
             left.bar([0], [0], color=color, label=kind)
-    left.set_yscale("log")  # attention probabilities (mean 1/L, tiny variance) gain orders of magnitude
     left.set_ylabel("Var train / Var eval at the site's output")
-    left.set_title(f"dropout p={report['p']:g}: variance gap per site (input to output)")
+    left.set_title(f"dropout p={report['p']:g}: variance gap per site")
     left.legend(fontsize=7)
+    middle.bar(x, [s["next_bias_rms"] or 0 for s in sites], color=site_colors)
+    middle.set_ylabel("RMS shift of E_train vs eval (in its eval std)")
+    middle.set_title("next non-linear layer's output: train/eval mean shift")
+    for ax in (left, middle):
+        ax.set_xticks(list(x), names, rotation=90, fontsize=6)
     scale = report["output_shift"] / report["output_shift_relative"] if report["output_shift_relative"] else 1.0
     unit = report["output_relative_to"] or report["output_units"]
     right.hist(np.asarray(report["output_shift_per_text"]) / scale, bins=30, color="tab:purple", alpha=0.8)
