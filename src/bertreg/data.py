@@ -203,8 +203,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             order = [i for s in range(0, len(order), span)
                      for i in sorted(order[s:s + span], key=lambda j: -self.lengths[j])]
         batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        # accelerate shards a batch sampler assuming full batches with a short one only at the end
+        # (anywhere else it drops the short one and its neighbours): keep the short one last
+        tail = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
         rng.shuffle(batches)
-        return iter(batches)
+        return iter(batches + tail)
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

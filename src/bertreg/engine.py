@@ -70,12 +70,15 @@ def predict(model: torch.nn.Module, dataset: TokenizedDataset, batch_size: int, 
         for batch in tqdm(loader, desc=progress, disable=progress is None or not accelerator.is_main_process,
                           leave=False):
             pred = model(batch["input_ids"], batch["attention_mask"]).float()
-            pred, idx = accelerator.gather_for_metrics((pred, batch["idx"]))
-            pred, idx = pred.cpu().numpy(), idx.cpu().numpy()
-            if out is None:
-                out = np.empty((len(dataset), pred.shape[1]), dtype=np.float64)
-            out[idx] = pred  # placing by row index restores the input order
-            seen[idx] = True
+            # Length-sorted batches differ in size between processes, which tensor gathers refuse;
+            # gathered as objects, each process's batch arrives whole. Rows that accelerate repeats
+            # to even out the shards land on their own index again, so each row keeps one prediction.
+            for pred_np, idx in accelerator.gather_for_metrics([(pred.cpu().numpy(), batch["idx"].cpu().numpy())],
+                                                               use_gather_object=True):
+                if out is None:
+                    out = np.empty((len(dataset), pred_np.shape[1]), dtype=np.float64)
+                out[idx] = pred_np  # placing by row index restores the input order
+                seen[idx] = True
     model.train(was_training)
     if not seen.all():
         raise RuntimeError(f"{int((~seen).sum())} rows got no prediction")
