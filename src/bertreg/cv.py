@@ -7,8 +7,10 @@ command again keeps complete folds and redoes an incomplete one from its start.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,29 @@ def mixed_precision(setting: str) -> str | None:
     return "bf16" if cpu_has_fast_bf16() else "no"
 
 
+def inference_dtype(accelerator: Accelerator) -> torch.dtype:
+    """bf16 weights for inference where training runs in bf16 (hardware that has it fast), else fp32."""
+    return torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed large blocks for reuse instead of unmapping them.
+
+    By default each activation tensor over 32 MB is a fresh mmap whose pages the kernel faults in
+    and zeroes on first touch: on CPU that costs ~15% of a bf16 forward pass.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap
+        libc.mallopt(-1, 1 << 34)  # M_TRIM_THRESHOLD: keep freed heap memory instead of returning it
+    except (OSError, AttributeError):
+        pass  # not glibc (musl): nothing to tune
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
+    keep_freed_memory()
     return Accelerator(mixed_precision=mixed_precision(cfg.train.mixed_precision),
                        gradient_accumulation_steps=cfg.train.grad_accum)
 

@@ -32,6 +32,8 @@ from bertreg.optim import make_optimizer, make_scheduler
 # Called after every evaluation with (step, score); the tuner reports to Optuna here and may
 # raise optuna.TrialPruned to stop the fold.
 EvalCallback = Callable[[int, float], None]
+# Called after every optimizer step with the step number (the throughput benchmark times steps here).
+StepCallback = Callable[[int], None]
 
 
 class TrainingDiverged(UserError):
@@ -83,7 +85,7 @@ def predict(model: torch.nn.Module, dataset: TokenizedDataset, batch_size: int, 
 
 def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreTrainedTokenizerBase,
                train_ds: TokenizedDataset, val_ds: TokenizedDataset, fold_dir: Path, extra: dict[str, Any],
-               on_eval: EvalCallback | None = None) -> FoldResult:
+               on_eval: EvalCallback | None = None, on_step: StepCallback | None = None) -> FoldResult:
     """Fine-tune a fresh model on one fold; keep only its best checkpoint (by the validation metric) in fold_dir."""
     t = cfg.train
     metric = t.metric or metrics.default_metric(train_ds.targets.shape[1])
@@ -96,7 +98,7 @@ def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreT
         target_mean=y.mean(axis=0), target_std=np.where(std > 0, std, 1.0),
         gradient_checkpointing=cfg.model.gradient_checkpointing)
     optimizer = make_optimizer(model, t.lr, t.head_lr, t.layerwise_lr_decay, t.weight_decay,
-                               fused=accelerator.device.type == "cuda")
+                               fused=accelerator.device.type in ("cuda", "cpu"))
     collate = Collator(tokenizer.pad_token_id, t.pad_to_multiple_of)
     sampler = LengthGroupedBatchSampler(train_ds.lengths, t.batch_size, seed=cfg.seed + fold,
                                         group_by_length=t.length_grouping)
@@ -172,6 +174,8 @@ def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreT
                 scheduler.step()
             step += 1
             bar.update(1)
+            if on_step is not None:
+                on_step(step)
             if t.eval_every and step % t.eval_every == 0 and i + 1 < len(train_loader):
                 if not (go_on := evaluate(epoch + (i + 1) / len(train_loader))):
                     break
