@@ -32,7 +32,8 @@ from bertreg.optim import make_optimizer, make_scheduler
 # Called after every evaluation with (step, score); the tuner reports to Optuna here and may
 # raise optuna.TrialPruned to stop the fold.
 EvalCallback = Callable[[int, float], None]
-# Called after every optimizer step with the step number (the throughput benchmark times steps here).
+# Called after every optimizer step with the step number; may raise to stop the fold (the throughput
+# benchmark times steps here and stops after its last timed step).
 StepCallback = Callable[[int], None]
 
 

