@@ -202,7 +202,7 @@ def train_row(samples: int, seconds: tuple[float, float], flops: float, peak: fl
 # ---------------------------------------------------------------- the kit
 
 def kit_config(args: argparse.Namespace, model_path: str, out: Path) -> config_mod.Config:
-    """The kit's defaults, with the benchmark's model, length, batch size and one epoch over its rows."""
+    """The kit's defaults, with the benchmark's model, length and batch size (the fold stops after the timed steps)."""
     return config_mod.build({}, {"model.name_or_path": model_path, "train.max_len": args.max_len,
                                  "train.batch_size": args.batch_size, "train.epochs": 1, "seed": args.seed,
                                  "data.train_csv": str(args.data), "output_dir": str(out)})
@@ -401,6 +401,7 @@ def speedups(train: dict[str, Any], inference: dict[str, Any], rate: str) -> dic
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
@@ -454,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                      data.TokenizedDataset(pick(tr[:32])), peaks, flops)
 
     result = {
-        "device": device_name(), "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "device": device_name(), "load_avg_start": load_at_start, "load_avg": [round(x, 2) for x in os.getloadavg()],
         "model": args.model, "max_len": args.max_len, "batch_size": args.batch_size,
         "steps_timed": args.steps, "warmup_steps": args.warmup_steps, "infer_rows": len(infer), "quick": args.quick,
         "peak_matmul_tflops": {k: v / 1e12 for k, v in peaks.items()},
