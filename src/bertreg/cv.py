@@ -70,7 +70,8 @@ def keep_freed_memory() -> None:
     """Make glibc keep freed large blocks for reuse instead of unmapping them.
 
     By default each activation tensor over 32 MB is a fresh mmap whose pages the kernel faults in
-    and zeroes on first touch: on CPU that costs ~15% of a bf16 forward pass.
+    and zeroes on first touch: a bf16 MiniLM forward of 32 x 224 tokens took 0.48 CPU-s with that
+    and 0.41 without (one thread).
     """
     if not sys.platform.startswith("linux"):
         return
