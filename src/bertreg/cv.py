@@ -9,8 +9,10 @@ The main process holds {experiment}/.lock meanwhile, so a second run on the fold
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
 from transformers import PreTrainedTokenizerBase
 
 from bertreg import config as config_mod
@@ -65,11 +66,32 @@ def mixed_precision(setting: str) -> str | None:
     return "bf16" if cpu_has_fast_bf16() else "no"
 
 
+def inference_dtype(accelerator: Accelerator) -> torch.dtype:
+    """bf16 weights for inference where training runs in bf16 (hardware that has it fast), else fp32."""
+    return torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed large blocks for reuse instead of unmapping them.
+
+    By default each activation tensor over 32 MB is a fresh mmap whose pages the kernel faults in
+    and zeroes on first touch: a bf16 MiniLM forward of 32 x 224 tokens took 0.48 CPU-s with that
+    and 0.41 without (one thread).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap
+        libc.mallopt(-1, 1 << 34)  # M_TRIM_THRESHOLD: keep freed heap memory instead of returning it
+    except (OSError, AttributeError):
+        pass  # not glibc (musl): nothing to tune
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
-    # BERT's and RoBERTa's pooler feeds nothing here, so under DDP its weights never get a gradient
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    keep_freed_memory()
     return Accelerator(mixed_precision=mixed_precision(cfg.train.mixed_precision),
-                       gradient_accumulation_steps=cfg.train.grad_accum, kwargs_handlers=[ddp])
+                       gradient_accumulation_steps=cfg.train.grad_accum)
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

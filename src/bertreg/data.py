@@ -148,6 +148,20 @@ class TokenizedDataset(Dataset):
         return [len(x) for x in self.input_ids]
 
 
+def padded_width(longest: int, multiple: int) -> int:
+    return int(math.ceil(longest / multiple) * multiple)
+
+
+def pad_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]], multiple: int = 8) -> float:
+    """Padded tokens over tokens computed, for `batches` (lists of row indices) padded as Collator pads them."""
+    real = computed = 0
+    for batch in batches:
+        lens = [lengths[i] for i in batch]
+        real += sum(lens)
+        computed += padded_width(max(lens), multiple) * len(lens)
+    return 1.0 - real / computed if computed else 0.0
+
+
 class Collator:
     """Dynamic padding to the longest text of the batch, rounded up to a multiple of `multiple`."""
 
@@ -157,7 +171,7 @@ class Collator:
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(it["input_ids"]) for it in items)
-        width = int(math.ceil(longest / self.multiple) * self.multiple)
+        width = padded_width(longest, self.multiple)
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
         for row, it in enumerate(items):

@@ -33,6 +33,9 @@ from bertreg.stopping import StopRequests, interrupted
 # Called after every evaluation with (step, score); the tuner reports to Optuna here and may
 # raise optuna.TrialPruned to stop the fold.
 EvalCallback = Callable[[int, float], None]
+# Called after every optimizer step with the step number; may raise to stop the fold (the throughput
+# benchmark times steps here and stops after its last timed step).
+StepCallback = Callable[[int], None]
 
 
 class TrainingDiverged(UserError):
@@ -87,7 +90,8 @@ def predict(model: torch.nn.Module, dataset: TokenizedDataset, batch_size: int, 
 
 def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreTrainedTokenizerBase,
                train_ds: TokenizedDataset, val_ds: TokenizedDataset, fold_dir: Path, extra: dict[str, Any],
-               on_eval: EvalCallback | None = None, stop: StopRequests | None = None) -> FoldResult:
+               on_eval: EvalCallback | None = None, stop: StopRequests | None = None,
+               on_step: StepCallback | None = None) -> FoldResult:
     """Fine-tune a fresh model on one fold; keep only its best checkpoint (by the validation metric) in fold_dir.
 
     Resumes from the fold's latest mid-fold checkpoint when there is one; with train.checkpoint_every
@@ -104,7 +108,7 @@ def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreT
         target_mean=y.mean(axis=0), target_std=np.where(std > 0, std, 1.0),
         gradient_checkpointing=cfg.model.gradient_checkpointing)
     optimizer = make_optimizer(model, t.lr, t.head_lr, t.layerwise_lr_decay, t.weight_decay,
-                               fused=accelerator.device.type == "cuda")
+                               fused=accelerator.device.type in ("cuda", "cpu"))
     collate = Collator(tokenizer.pad_token_id, t.pad_to_multiple_of)
     sampler = LengthGroupedBatchSampler(train_ds.lengths, t.batch_size, seed=cfg.seed + fold,
                                         group_by_length=t.length_grouping)
@@ -210,6 +214,8 @@ def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreT
                 scheduler.step()
             step += 1
             bar.update(1)
+            if on_step is not None:
+                on_step(step)
             if t.eval_every and step % t.eval_every == 0 and i + 1 < len(train_loader):
                 if not (go_on := evaluate(epoch + (i + 1) / len(train_loader))):
                     break

@@ -60,7 +60,7 @@ def param_groups(model: Regressor, lr: float, head_lr: float | None, decay: floa
 
 def make_optimizer(model: Regressor, lr: float, head_lr: float | None, decay: float,
                    weight_decay: float, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW over `param_groups`; `fused` (one kernel per step) for CUDA, the foreach path elsewhere."""
+    """AdamW over `param_groups`; `fused`: one kernel per step (CUDA and CPU), else the foreach path."""
     return torch.optim.AdamW(param_groups(model, lr, head_lr, decay, weight_decay), lr=lr,
                              fused=fused or None)
 
