@@ -191,44 +191,45 @@ def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreT
     go_on = True
     if stop is not None:
         stop.restart_clock()
-    for epoch in range(start_epoch, t.epochs):
-        # accelerate re-seeds the sampler from its own epoch count in one process: keep both in step
-        train_loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        skip = start_batch if epoch == start_epoch else 0
-        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        for i, batch in enumerate(batches, start=skip):
-            with accelerator.accumulate(model):
-                pred = model(batch["input_ids"], batch["attention_mask"])
-                loss = loss_fn((pred - batch["labels"]) / model_std(model))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += loss.detach()
-            seen_batches += 1
-            if not accelerator.sync_gradients:
-                continue
-            if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
-            step += 1
-            bar.update(1)
-            if on_step is not None:
-                on_step(step)
-            if t.eval_every and step % t.eval_every == 0 and i + 1 < len(train_loader):
-                if not (go_on := evaluate(epoch + (i + 1) / len(train_loader))):
-                    break
-            reason = stop.poll() if stop is not None else None
-            if reason or (t.checkpoint_every and step % t.checkpoint_every == 0):
-                saved = save_checkpoint(epoch, i + 1)
-                if reason:
-                    bar.close()
-                    raise interrupted(reason, f"fold {fold} stopped at step {step}/{total_steps}, its state saved "
-                                              f"in {saved}; run the same command again to resume")
-        if not go_on or not evaluate(epoch + 1.0):
-            break
-    bar.close()
+    try:  # the bar is closed however the fold ends: done, pruned by the tuner, stopped, diverged
+        for epoch in range(start_epoch, t.epochs):
+            # accelerate re-seeds the sampler from its own epoch count in one process: keep both in step
+            train_loader.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            skip = start_batch if epoch == start_epoch else 0
+            batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            for i, batch in enumerate(batches, start=skip):
+                with accelerator.accumulate(model):
+                    pred = model(batch["input_ids"], batch["attention_mask"])
+                    loss = loss_fn((pred - batch["labels"]) / model_std(model))
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and t.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                running += loss.detach()
+                seen_batches += 1
+                if not accelerator.sync_gradients:
+                    continue
+                if not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                step += 1
+                bar.update(1)
+                if on_step is not None:
+                    on_step(step)
+                if t.eval_every and step % t.eval_every == 0 and i + 1 < len(train_loader):
+                    if not (go_on := evaluate(epoch + (i + 1) / len(train_loader))):
+                        break
+                reason = stop.poll() if stop is not None else None
+                if reason or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                    saved = save_checkpoint(epoch, i + 1)
+                    if reason:
+                        raise interrupted(reason, f"fold {fold} stopped at step {step}/{total_steps}, its state saved "
+                                                  f"in {saved}; run the same command again to resume")
+            if not go_on or not evaluate(epoch + 1.0):
+                break
+    finally:
+        bar.close()
     accelerator.wait_for_everyone()
     result = FoldResult(fold, float(best), best_step, best_pred, history)
     # release this fold's model and optimizer before the next fold builds its own

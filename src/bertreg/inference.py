@@ -19,9 +19,10 @@ import pandas as pd
 from accelerate import Accelerator
 
 from bertreg import blend, data, engine, files
+from bertreg.cv import inference_dtype
 from bertreg.cv import mixed_precision as precision_for
 from bertreg.errors import UserError
-from bertreg.model import load_fold_model
+from bertreg.model import cast_for_inference, load_fold_model
 from bertreg.runs import Run, load_runs, select_folds
 
 
@@ -68,8 +69,9 @@ def predict_fold(fold_dir: Path, test: pd.DataFrame, batch_size: int, pad_multip
     """One fold model's predictions for every test row, in the test's order; and how many texts were cut."""
     model, tokenizer, settings = load_fold_model(fold_dir)
     ids, n_cut = data.tokenize(tokenizer, test[settings["text_col"]].tolist(), settings["max_len"])
+    # bf16 weights where the hardware runs bf16 fast: no per-op casts (see README, Speed);
     # prepare_model places the model and, under mixed precision, wraps its forward in autocast
-    model = accelerator.prepare_model(model, evaluation_mode=True)
+    model = accelerator.prepare_model(cast_for_inference(model, inference_dtype(accelerator)), evaluation_mode=True)
     pred = engine.predict(model, data.TokenizedDataset(ids), batch_size, accelerator,
                           data.Collator(tokenizer.pad_token_id, pad_multiple), progress=label)
     accelerator.free_memory()  # drops the prepared model before the next fold loads its own
