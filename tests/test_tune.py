@@ -116,8 +116,10 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tune_yaml, monkeypatc
 
 def test_two_workers_share_one_postgres_study(tune_yaml, tmp_path, postgres_url):  # noqa: F811
     path = tune_yaml()
+    # the second worker names the server as users do, a bare postgresql:// (psycopg2 behind it)
+    urls = [postgres_url, postgres_url.replace("postgresql+psycopg2://", "postgresql://")]
     workers = [subprocess.Popen([sys.executable, str(SRC / "tune.py"), "--config", str(path), "--n-trials", "2",
-                                 "--storage", postgres_url, "--study", "shared",
+                                 "--storage", urls[i], "--study", "shared",
                                  f"output_dir={tmp_path / f'worker{i}'}", f"tune.sampler_seed={i}"],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for i in range(2)]

@@ -13,6 +13,7 @@ the same trial with it.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import itertools
 import math
 import time
@@ -148,6 +149,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         if not path.parent.is_dir():
             raise UserError(f"storage {url}: folder {path.parent} does not exist")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    # SQLAlchemy >= 2.1 reads postgresql:// as psycopg 3; take psycopg2 when only it is installed
+    if url.startswith("postgresql://") and not importlib.util.find_spec("psycopg") and importlib.util.find_spec("psycopg2"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     # a host that drops packets would otherwise hang the command for minutes
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {}
     for attempt in itertools.count(1):
