@@ -438,7 +438,7 @@ def format_table(report: dict[str, Any]) -> str:
 def plot_audit(report: dict[str, Any], path: str | Path) -> None:
     """Per site in execution order: the train/eval variance ratio, and the shift of the next non-linear
     layer's output; then a histogram of the per-text output shift."""
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1.4, 1.4, 1]})
     sites = [s for s in report["sites"] if s["var_ratio"] is not None]
     colors = {"attention": "tab:orange", "hidden": "tab:blue", "embeddings": "tab:green", "head": "tab:red"}

@@ -20,7 +20,8 @@ from transformers import PreTrainedTokenizerBase
 from bertreg.errors import UserError
 
 
-def _few(values: Sequence, n: int = 5) -> str:
+def few(values: Sequence, n: int = 5) -> str:
+    """The first n values for an error message, and how many more there are."""
     # strings as they are, unless a newline or the like would break the one-line message
     shown = ", ".join(v if isinstance(v, str) and v.isprintable() else repr(v) for v in list(values)[:n])
     return shown + (f" and {len(values) - n} more" if len(values) > n else "")
@@ -52,31 +53,31 @@ def read_csv(path: str | Path | None, what: str, id_col: str | None = None) -> p
     df.columns = [str(c).strip() for c in df.columns]
     twice = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
     if twice:  # " id " and "id" are one column once stripped
-        raise UserError(f"{what} has the column {_few(twice)} twice: {path}")
+        raise UserError(f"{what} has the column {few(twice)} twice: {path}")
     return df
 
 
 def require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise UserError(f"{what} has no column {_few(missing)}; columns present: {_few(list(df.columns), 20)}")
+        raise UserError(f"{what} has no column {few(missing)}; columns present: {few(list(df.columns), 20)}")
 
 
 def check_ids(df: pd.DataFrame, id_col: str, what: str) -> None:
     ids = df[id_col]
     empty = ids.isna() | (ids.astype(str).str.strip() == "")
     if empty.any():
-        raise UserError(f"{what} has {int(empty.sum())} empty ids in column '{id_col}' (rows {_few(np.flatnonzero(empty).tolist())})")
+        raise UserError(f"{what} has {int(empty.sum())} empty ids in column '{id_col}' (rows {few(np.flatnonzero(empty).tolist())})")
     dup = ids[ids.duplicated()].unique().tolist()
     if dup:
-        raise UserError(f"{what} has duplicate ids in column '{id_col}': {_few(dup)}")
+        raise UserError(f"{what} has duplicate ids in column '{id_col}': {few(dup)}")
 
 
 def check_texts(df: pd.DataFrame, id_col: str, text_col: str, what: str) -> None:
     texts = df[text_col]
     bad = ~texts.map(lambda t: isinstance(t, str) and t.strip() != "")
     if bad.any():
-        raise UserError(f"{what} has {int(bad.sum())} empty or non-text values in column '{text_col}' (ids {_few(df.loc[bad, id_col].tolist())})")
+        raise UserError(f"{what} has {int(bad.sum())} empty or non-text values in column '{text_col}' (ids {few(df.loc[bad, id_col].tolist())})")
 
 
 def check_targets(df: pd.DataFrame, id_col: str, target_cols: Sequence[str], what: str) -> None:
@@ -85,7 +86,7 @@ def check_targets(df: pd.DataFrame, id_col: str, target_cols: Sequence[str], wha
         bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
         if bad.any():
             pairs = [f"{i}={v!r}" for i, v in zip(df.loc[bad, id_col], df.loc[bad, col])]
-            raise UserError(f"{what} column '{col}' has {int(bad.sum())} missing, infinite or non-numeric targets: {_few(pairs)}")
+            raise UserError(f"{what} column '{col}' has {int(bad.sum())} missing, infinite or non-numeric targets: {few(pairs)}")
         df[col] = values.astype(float)
 
 
@@ -99,7 +100,7 @@ def load_train(path: str | Path, id_col: str, text_col: str, target_cols: Sequen
     check_texts(df, id_col, text_col, what)
     check_targets(df, id_col, target_cols, what)
     if group_col and df[group_col].isna().any():
-        raise UserError(f"{what} column '{group_col}' has empty groups (ids {_few(df.loc[df[group_col].isna(), id_col].tolist())})")
+        raise UserError(f"{what} column '{group_col}' has empty groups (ids {few(df.loc[df[group_col].isna(), id_col].tolist())})")
     if len(df) < n_folds:
         raise UserError(f"{what} has {len(df)} rows, fewer than data.n_folds={n_folds}")
     return df.reset_index(drop=True)

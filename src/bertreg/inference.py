@@ -59,8 +59,8 @@ def load_sample(path: str | Path, test_ids: pd.Series, id_col: str, target_cols:
     if ids != expected:
         missing, unknown = sorted(expected - ids), sorted(ids - expected)
         raise UserError(f"{what} {path} ids differ from the test CSV's: {len(missing)} test ids are not in it"
-                        f"{' (' + data._few(missing) + ')' if missing else ''}, {len(unknown)} of its ids are not "
-                        f"in the test{' (' + data._few(unknown) + ')' if unknown else ''}")
+                        f"{' (' + data.few(missing) + ')' if missing else ''}, {len(unknown)} of its ids are not "
+                        f"in the test{' (' + data.few(unknown) + ')' if unknown else ''}")
     return table
 
 
@@ -78,7 +78,7 @@ def predict_fold(fold_dir: Path, test: pd.DataFrame, batch_size: int, pad_multip
     bad = ~np.isfinite(pred).all(axis=1)
     if bad.any():
         raise UserError(f"{fold_dir} predicted NaN or inf for {int(bad.sum())} test rows "
-                        f"(ids {data._few(test.loc[bad, settings['id_col']].tolist())}); no submission written")
+                        f"(ids {data.few(test.loc[bad, settings['id_col']].tolist())}); no submission written")
     return pred, n_cut
 
 

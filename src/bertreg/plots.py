@@ -10,7 +10,8 @@ import pandas as pd
 from bertreg import files
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported only when a picture is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")  # no screen on servers and in Kaggle's batch runs
@@ -22,13 +23,13 @@ def _pyplot():
 def save_figure(fig, path: str | Path) -> None:
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def plot_curves(histories: dict[int, pd.DataFrame], metric: str, path: str | Path,
                 best: Sequence[tuple[int, int, float]] = (), title: str = "") -> None:
     """Validation score against optimizer step, one line per fold, the best point of each marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for fold, hist in sorted(histories.items()):
         line, = ax.plot(hist["step"], hist["val_score"], marker=".", label=f"fold {fold}")

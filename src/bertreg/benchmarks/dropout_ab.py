@@ -52,7 +52,7 @@ def summarize_arm(cfg: Config, fold: int) -> dict[str, Any]:
 
 
 def plot_arms(arms: list[dict[str, Any]], path: Path, title: str) -> None:
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for arm in arms:
         line, = ax.plot(arm["steps"], arm["val_score"], marker=".",
