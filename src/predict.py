@@ -4,6 +4,7 @@
     python src/predict.py --runs runs/A runs/B --weights oof --test data/test.csv \
         --sample-submission data/sample_submission.csv --out submissions/submission.csv
     accelerate launch src/predict.py --runs runs/A --folds 0,1 --batch-size 64
+    python src/predict.py --runs runs/A --compile      # large test sets: torch.compile each fold's model
 
 Within a run the folds are averaged; across runs --weights is equal (default), oof (non-negative
 least squares on the runs' out-of-fold predictions; the runs must share folds.csv) or one number
@@ -43,12 +44,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="rows per batch (default: the run's eval batch size)")
     parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"],
                         help="autocast precision (default: the first run's train.mixed_precision)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each fold's model with freezing: faster per row after a compile of "
+                             "some seconds per fold, so it pays off on large test sets only (README, Speed)")
     args = parser.parse_args()
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     inference.make_submission(args.runs, test=args.test, sample=args.sample_submission, out=args.out,
                               folds=fold_list(args.folds) if args.folds else None, weights=args.weights,
-                              batch_size=args.batch_size, mixed_precision=args.mixed_precision)
+                              batch_size=args.batch_size, mixed_precision=args.mixed_precision,
+                              compile=args.compile)
 
 
 if __name__ == "__main__":

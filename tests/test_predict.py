@@ -89,6 +89,20 @@ def test_two_runs_blend_with_oof_weights(demo_run, tiny_run, demo_data, tmp_path
     assert f"OOF rmse {blended:.4f}" in res.stdout
 
 
+def test_compiled_inference_predicts_what_eager_does_for_every_fold(tiny_run, tmp_path):
+    """--compile freezes each fold's weights into its graph: every fold must get its own, none a stale one."""
+    parts = {}
+    for name, flags in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / name / "submission.csv"
+        res = run_script("predict.py", "--runs", str(tiny_run), "--out", str(out), *flags)
+        assert res.returncode == 0, res.stderr[-3000:]
+        parts[name] = read_ids(tmp_path / name / "submission_parts.csv").set_index("id")
+    eager, compiled = parts["eager"], parts["compiled"]
+    folds = ["tiny/fold_0/target", "tiny/fold_1/target"]
+    assert np.abs(eager[folds[0]] - eager[folds[1]]).max() > 1e-3  # the folds differ, so a stale fold would show
+    np.testing.assert_allclose(compiled[folds], eager[folds], rtol=1e-4, atol=1e-4)
+
+
 def test_given_weights_are_rescaled_to_sum_to_one():
     np.testing.assert_allclose(blend.parse_weights("1,3", 2), [0.25, 0.75])
     assert blend.parse_weights("equal", 3) == "equal"
