@@ -103,6 +103,15 @@ def test_compiled_inference_predicts_what_eager_does_for_every_fold(tiny_run, tm
     np.testing.assert_allclose(compiled[folds], eager[folds], rtol=1e-4, atol=1e-4)
 
 
+def test_compile_that_cannot_compile_is_one_line_and_exit_2(tiny_run, tmp_path):
+    res = run_script("predict.py", "--runs", str(tiny_run), "--out", str(tmp_path / "sub.csv"), "--compile",
+                     env={"CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")})
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]  # beside the progress bar
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(errors) == 1, res.stderr[-3000:]
+    assert "predict without --compile" in errors[0] and "/nonexistent/c++" in errors[0]
+    assert not (tmp_path / "sub.csv").exists()
+
+
 def test_given_weights_are_rescaled_to_sum_to_one():
     np.testing.assert_allclose(blend.parse_weights("1,3", 2), [0.25, 0.75])
     assert blend.parse_weights("equal", 3) == "equal"

@@ -196,7 +196,11 @@ class FrozenCompiled(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         # compiling happens inside calls (the first, and any recompile), so the setting is scoped to them
         with torch.no_grad(), self.inductor_config.patch(freezing=True):
-            return self.compiled(*args, **kwargs)
+            try:
+                return self.compiled(*args, **kwargs)
+            except torch._dynamo.exc.BackendCompilerFailed as err:  # no C++ compiler, a GPU too old for Triton
+                reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+                raise UserError(f"torch.compile cannot compile here ({reason}): predict without --compile") from None
 
 
 def _quiet_transformers() -> None:
