@@ -80,3 +80,14 @@ def test_missing_model_path(tmp_path, monkeypatch, capsys):
 def test_bad_input_from_a_real_command_line(tmp_path, tiny_bert):
     res = run_script("train.py", "--config", str(tmp_path / "missing.yaml"))
     assert res.returncode == 2 and res.stderr.strip() == f"error: config file not found: {tmp_path / 'missing.yaml'}"
+
+
+def test_train_compile_that_cannot_compile_is_one_line_and_exit_2(tmp_path, tiny_bert):
+    res = run_script("train.py", "--config", str(ROOT / "configs" / "demo.yaml"), f"output_dir={tmp_path / 'runs'}",
+                     f"model.name_or_path={tiny_bert}", "data.make_demo=false", "data.n_folds=2",
+                     with_csv(tmp_path, good_frame()), "train.compile=true",
+                     env={"CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")})
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]  # beside the progress bar
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(errors) == 1, res.stderr[-3000:]
+    assert "train.compile=false" in errors[0] and "/nonexistent/c++" in errors[0]
+    assert not list((tmp_path / "runs").rglob("metrics.json"))

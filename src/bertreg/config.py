@@ -68,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
         # auto: accelerate's setting under `accelerate launch`, else bf16 where the hardware
         # runs it fast (recent GPUs, CPUs with AMX/AVX512-BF16), fp16 on older GPUs.
         "mixed_precision": "auto",
-        "compile": False,  # torch.compile the model (pays off on long runs on a GPU)
+        "compile": False,  # torch.compile the model: for long GPU runs; on this project's CPUs it made the demo slower
         "length_grouping": True,  # batch texts of similar length together: little padding
         "pad_to_multiple_of": 8,  # tensor-core friendly shapes
         "num_workers": 0,  # DataLoader workers; collation is cheap, tokenization happens once

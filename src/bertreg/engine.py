@@ -26,7 +26,7 @@ from bertreg import checkpoint, metrics
 from bertreg.config import Config
 from bertreg.data import Collator, LengthGroupedBatchSampler, TokenizedDataset, sorted_batches
 from bertreg.errors import UserError
-from bertreg.model import build_model, save_fold_model
+from bertreg.model import build_model, compile_failure, save_fold_model
 from bertreg.optim import make_optimizer, make_scheduler
 from bertreg.stopping import StopRequests, interrupted
 
@@ -228,6 +228,8 @@ def train_fold(cfg: Config, accelerator: Accelerator, fold: int, tokenizer: PreT
                                                   f"in {saved}; run the same command again to resume")
             if not go_on or not evaluate(epoch + 1.0):
                 break
+    except torch._dynamo.exc.BackendCompilerFailed as err:  # train.compile, on a machine that cannot
+        raise compile_failure(err, "train with train.compile=false") from None
     finally:
         bar.close()
     accelerator.wait_for_everyone()

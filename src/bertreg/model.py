@@ -198,9 +198,14 @@ class FrozenCompiled(nn.Module):
         with torch.no_grad(), self.inductor_config.patch(freezing=True):
             try:
                 return self.compiled(*args, **kwargs)
-            except torch._dynamo.exc.BackendCompilerFailed as err:  # no C++ compiler, a GPU too old for Triton
-                reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-                raise UserError(f"torch.compile cannot compile here ({reason}): predict without --compile") from None
+            except torch._dynamo.exc.BackendCompilerFailed as err:
+                raise compile_failure(err, "predict without --compile") from None
+
+
+def compile_failure(err: Exception, instead: str) -> UserError:
+    """One line for a torch.compile that cannot compile here (no C++ compiler, a GPU too old for Triton)."""
+    reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return UserError(f"torch.compile cannot compile here ({reason}): {instead}")
 
 
 def _quiet_transformers() -> None:
