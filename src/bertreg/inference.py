@@ -86,6 +86,13 @@ def load_for_inference(fold_dir: Path, accelerator: Accelerator, compile: bool =
     return (FrozenCompiled(model) if compile else model), tokenizer, settings
 
 
+def release(accelerator: Accelerator, compiled: bool) -> None:
+    """Drop a fold's prepared model before the next fold loads its own."""
+    accelerator.free_memory()
+    if compiled:
+        torch._dynamo.reset()  # the compiled graph holds the fold's weights as constants
+
+
 def predict_fold(fold_dir: Path, test: pd.DataFrame, batch_size: int, pad_multiple: int,
                  accelerator: Accelerator, label: str | None, compile: bool = False) -> tuple[np.ndarray, int]:
     """One fold model's predictions for every test row, in the test's order; and how many texts were cut."""
@@ -93,10 +100,7 @@ def predict_fold(fold_dir: Path, test: pd.DataFrame, batch_size: int, pad_multip
     ids, n_cut = data.tokenize(tokenizer, test[settings["text_col"]].tolist(), settings["max_len"])
     pred = engine.predict(model, data.TokenizedDataset(ids), batch_size, accelerator,
                           data.Collator(tokenizer.pad_token_id, pad_multiple), progress=label)
-    del model
-    accelerator.free_memory()  # drops the prepared model before the next fold loads its own
-    if compile:
-        torch._dynamo.reset()  # the compiled graph holds this fold's weights as constants
+    release(accelerator, compile)
     bad = ~np.isfinite(pred).all(axis=1)
     if bad.any():
         raise UserError(f"{fold_dir} predicted NaN or inf for {int(bad.sum())} test rows "

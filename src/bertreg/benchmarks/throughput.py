@@ -272,9 +272,7 @@ def kit_infer(cfg, fold_dir: Path, infer_ds: data.TokenizedDataset, warm_ds: dat
     precision = "bf16" if cv.inference_dtype(accelerator) == torch.bfloat16 else "no"
     row = train_row(len(infer_ds), seconds, flops.forward(lengths), peaks[precision],
                     data.pad_fraction(lengths, batches, cfg.train.pad_to_multiple_of), peak_memory_mib())
-    accelerator.free_memory()
-    if compile:
-        torch._dynamo.reset()
+    inference.release(accelerator, compile)
     # the warm-up's time beyond what its rows take at the timed rate: the compile, on the compiled side
     overhead = warm_seconds - len(warm_ds) / row["samples_per_s"]
     return {**row, "precision": precision, "batch_size": batch_size, "compiled": compile,
