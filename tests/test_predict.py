@@ -112,6 +112,24 @@ def test_compile_that_cannot_compile_is_one_line_and_exit_2(tiny_run, tmp_path):
     assert not (tmp_path / "sub.csv").exists()
 
 
+def test_the_test_set_is_tokenized_once_per_run_not_per_fold(demo_run, tiny_run, tmp_path, monkeypatch):
+    from bertreg import data
+
+    calls, tokenize = [], data.tokenize
+
+    def counting(tokenizer, texts, max_len):
+        calls.append(max_len)
+        return tokenize(tokenizer, texts, max_len)
+
+    monkeypatch.setattr(data, "tokenize", counting)
+    sub = inference.make_submission([demo_run, tiny_run], out=tmp_path / "submission.csv")
+    assert len(calls) == 2  # two runs of two folds each
+    parts = read_ids(tmp_path / "submission_parts.csv")
+    assert np.isfinite(sub["target"]).all() and len(parts) == len(sub)
+    for run in ("demo", "tiny"):  # every fold still predicted with its own model
+        assert np.abs(parts[f"{run}/fold_0/target"] - parts[f"{run}/fold_1/target"]).max() > 1e-4
+
+
 def test_given_weights_are_rescaled_to_sum_to_one():
     np.testing.assert_allclose(blend.parse_weights("1,3", 2), [0.25, 0.75])
     assert blend.parse_weights("equal", 3) == "equal"

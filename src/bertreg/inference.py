@@ -94,10 +94,18 @@ def release(accelerator: Accelerator, compiled: bool) -> None:
 
 
 def predict_fold(fold_dir: Path, test: pd.DataFrame, batch_size: int, pad_multiple: int,
-                 accelerator: Accelerator, label: str | None, compile: bool = False) -> tuple[np.ndarray, int]:
-    """One fold model's predictions for every test row, in the test's order; and how many texts were cut."""
+                 accelerator: Accelerator, label: str | None, compile: bool,
+                 tokenized: dict[tuple[str, int], tuple[list[list[int]], int]]) -> tuple[np.ndarray, int]:
+    """One fold model's predictions for every test row, in the test's order; and how many texts were cut.
+
+    `tokenized` holds the test's token ids by (text column, max_len) for the next folds of the same
+    run, which share its tokenizer: a test set is tokenized once per run, not once per fold.
+    """
     model, tokenizer, settings = load_for_inference(fold_dir, accelerator, compile)
-    ids, n_cut = data.tokenize(tokenizer, test[settings["text_col"]].tolist(), settings["max_len"])
+    key = (settings["text_col"], settings["max_len"])
+    if key not in tokenized:
+        tokenized[key] = data.tokenize(tokenizer, test[settings["text_col"]].tolist(), settings["max_len"])
+    ids, n_cut = tokenized[key]
     pred = engine.predict(model, data.TokenizedDataset(ids), batch_size, accelerator,
                           data.Collator(tokenizer.pad_token_id, pad_multiple), progress=label)
     release(accelerator, compile)
@@ -160,10 +168,10 @@ def make_submission(runs: Sequence[str | Path], test: str | Path | None = None, 
     for run in ensemble:
         t = run.cfg.train
         size = batch_size or t.eval_batch_size or 2 * t.batch_size
-        fold_preds = []
+        fold_preds, tokenized = [], {}
         for k in run.folds:
             pred, n_cut = predict_fold(run.fold_dir(k), test_df, size, t.pad_to_multiple_of, accelerator,
-                                       f"{run.name} fold {k}", compile)
+                                       f"{run.name} fold {k}", compile, tokenized)
             parts[[f"{run.name}/fold_{k}/{c}" for c in cols]] = pred
             fold_preds.append(pred)
         if n_cut:
