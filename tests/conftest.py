@@ -128,3 +128,15 @@ def two_process_launch(script: str, *args: str) -> tuple[list[str], dict[str, st
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), str(SRC / script), *args]
     return cmd, {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+
+
+def no_compiler(tmp_path: Path) -> dict[str, str]:
+    """Environment in which torch.compile finds no C++ compiler, nor cached kernels that would spare it one."""
+    return {"CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor_cache")}
+
+
+def the_error_line(res: subprocess.CompletedProcess) -> str:
+    """The one `error:` line of a command refused as bad input: exit code 2, no traceback (a progress bar may precede it)."""
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(errors) == 1, res.stderr[-3000:]
+    return errors[0]
