@@ -72,11 +72,12 @@ def inference_dtype(accelerator: Accelerator) -> torch.dtype:
 
 
 def keep_freed_memory() -> None:
-    """Make glibc keep freed large blocks for reuse instead of unmapping them.
+    """Make glibc keep freed large blocks for reuse instead of unmapping them (training only).
 
     By default each activation tensor over 32 MB is a fresh mmap whose pages the kernel faults in
-    and zeroes on first touch: a bf16 MiniLM forward of 32 x 224 tokens took 0.48 CPU-s with that
-    and 0.41 without (one thread).
+    and zeroes on first touch. In the throughput benchmark the kit trained at 28.7 and 30.4
+    samples/s with this and 26.6-28.3 without; a fresh process's inference got slower with it
+    (3.9 s against 3.2 s for 384 rows), so predicting leaves it out (`inference.make_accelerator`).
     """
     if not sys.platform.startswith("linux"):
         return
